@@ -1,0 +1,243 @@
+"""The validated configuration a job reads.
+
+Hydra composes `conf/` into a DictConfig; `load_config` turns it into frozen dataclasses,
+checking every key's presence and type and every value's range. Anything wrong raises
+`ConfigError`, whose message is one line naming the key, the value and what is allowed.
+Checks that need the built model (rank against a layer's width, `lora.layers` against the
+depth) live where the model is known: bench/strategies.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration the harness refuses before training; str(e) is one line."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+INITS = ("A", "B", "gaussian")
+DATA_KINDS = ("random", "markov", "jsonl")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_hidden: Optional[int]
+    vocab_size: int
+    max_seq_len: int
+    rope_theta: float
+    norm_eps: float
+
+    @property
+    def hidden(self) -> int:
+        """FFN width; MiniMind's rule when not given: int(8*dim/3) rounded up to a multiple of 64."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        h = int(2 * 4 * self.dim / 3)
+        return 64 * ((h + 63) // 64)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    seed: int
+    path: Optional[str]
+    branching: Optional[int]
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int
+    alpha: Optional[float]
+    rslora: bool
+    dropout: float
+    init: str
+    init_std: float
+    include_head: bool
+    layers: Optional[list[int]]
+    targets: Optional[list[str]]
+
+    @property
+    def scale(self) -> float:
+        alpha = float(self.rank) if self.alpha is None else self.alpha
+        return alpha / (self.rank ** 0.5 if self.rslora else self.rank)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    warmup_steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    weight_decay: float
+    grad_accum: int
+    grad_clip: float
+    precision: str
+    seed: int
+    phases: bool
+    eval_batches: int
+    progress: bool
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str
+    repeat: int
+    model: ModelConfig
+    strategy: StrategyConfig
+    data: DataConfig
+    lora: LoraConfig
+    train: TrainConfig
+
+
+def load_config(cfg: Any) -> BenchConfig:
+    """Validate a composed Hydra config (DictConfig or plain mapping) into a BenchConfig."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        # Hydra's own node is not ours to validate; studies may add top-level keys for it.
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg.pop("hydra", None)
+    bench = _build(BenchConfig, cfg, "")
+    _check_ranges(bench)
+    return bench
+
+
+def _build(cls: type, node: Any, prefix: str) -> Any:
+    if not isinstance(node, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {node!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(node) - set(names))
+    if unknown:
+        raise ConfigError(prefix + str(unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
+    values = {}
+    for name in names:
+        key = prefix + name
+        if name not in node:
+            raise ConfigError(key, "missing")
+        values[name] = _coerce(hints[name], node[name], key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug in this file, not user input
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_ranges(c: BenchConfig) -> None:
+    _one_of("device", c.device, DEVICES)
+    _positive("repeat", c.repeat, allow_zero=True)
+
+    m = c.model
+    for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+        _positive(f"model.{name}", getattr(m, name))
+    if m.ffn_hidden is not None:
+        _positive("model.ffn_hidden", m.ffn_hidden)
+    if m.dim % m.n_heads:
+        raise ConfigError("model.n_heads", f"{m.n_heads} does not divide model.dim={m.dim}")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError("model.n_kv_heads", f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}")
+    if m.head_dim % 2:
+        raise ConfigError("model.n_heads", f"head dim {m.head_dim} must be even for RoPE")
+
+    r = c.lora
+    if r.rank < 1:
+        raise ConfigError("lora.rank", f"must be >= 1, got {r.rank}")
+    if r.alpha is not None:
+        _positive("lora.alpha", r.alpha)
+    if not 0.0 <= r.dropout < 1.0:
+        raise ConfigError("lora.dropout", f"must be in [0, 1), got {r.dropout}")
+    _one_of("lora.init", r.init, INITS)
+    _positive("lora.init_std", r.init_std)
+    if r.targets is not None and not r.targets:
+        raise ConfigError("lora.targets", "an empty list matches nothing; use null for the strategy's targets")
+    if r.layers is not None and not r.layers:
+        raise ConfigError("lora.layers", "an empty list matches nothing; use null for every block")
+
+    t = c.train
+    _positive("train.steps", t.steps)
+    _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.seq_len", t.seq_len)
+    if t.seq_len > m.max_seq_len:
+        raise ConfigError("train.seq_len", f"{t.seq_len} exceeds model.max_seq_len={m.max_seq_len} of model={m.name}")
+    _positive("train.lr", t.lr)
+    _positive("train.weight_decay", t.weight_decay, allow_zero=True)
+    _positive("train.grad_accum", t.grad_accum)
+    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
+    _one_of("train.precision", t.precision, PRECISIONS)
+    _positive("train.eval_batches", t.eval_batches)
+
+    d = c.data
+    _one_of("data.name", d.name, DATA_KINDS)
+    if d.name == "markov":
+        if d.branching is None or not 1 <= d.branching <= m.vocab_size:
+            raise ConfigError("data.branching", f"must be in [1, vocab_size={m.vocab_size}], got {d.branching}")
+    if d.name == "jsonl":
+        if not d.path:
+            raise ConfigError("data.path", "data=jsonl needs a file: data.path=/path/to/file.jsonl")
+        if m.vocab_size < 256:
+            raise ConfigError("model.vocab_size", f"data=jsonl uses byte tokens and needs >= 256, got {m.vocab_size}")

@@ -1,0 +1,120 @@
+"""What one training step does, counted on a separate, untimed step.
+
+- FLOPs: torch.utils.flop_counter.FlopCounterMode (matmul-class ops, forward and backward).
+- Ops: every aten operation dispatched (forward, backward, optimizer). Many small adapter
+  layers mean many small kernels; this is the count that makes that visible.
+- Saved activations: what autograd keeps for backward, counted once per storage and
+  excluding the parameters themselves (they are counted as weights).
+- Weight, gradient and optimizer-state bytes: summed over the real tensors.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.by_op: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_op.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.by_op[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class SavedTensors:
+    """Counts the bytes autograd saves for backward while active."""
+
+    def __init__(self, model: nn.Module):
+        self._params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._seen: dict[int, torch.UntypedStorage] = {}
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.nbytes() for s in self._seen.values())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+            return t
+        ptr = storage.data_ptr()
+        if ptr and ptr not in self._params:
+            # Holding the storage keeps its address from being reused by another tensor
+            # inside this step, which would make two storages count as one.
+            self._seen.setdefault(ptr, storage)
+        return t
+
+    @contextmanager
+    def active(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+
+
+class StepCounts:
+    """Context for one counted step: `with StepCounts(model) as c: ...; c.flops, c.ops`."""
+
+    def __init__(self, model: nn.Module):
+        self.flop_mode = FlopCounterMode(display=False)
+        self.op_mode = OpCounter()
+        self.saved = SavedTensors(model)
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "StepCounts":
+        self._stack.enter_context(self.flop_mode)
+        self._stack.enter_context(self.op_mode)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def flops(self) -> int:
+        return int(self.flop_mode.get_total_flops())
+
+    @property
+    def ops(self) -> int:
+        return self.op_mode.total
+
+
+def _unique(tensors) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for t in tensors:
+        if t is not None and id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def weights_bytes(model: nn.Module) -> int:
+    return sum(p.nbytes for p in _unique(model.parameters()))
+
+
+def grads_bytes(model: nn.Module) -> int:
+    return sum(p.grad.nbytes for p in _unique(model.parameters()) if p.grad is not None)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.nbytes
+    return total
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    params = _unique(model.parameters())
+    return {"total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad)}

@@ -1,0 +1,123 @@
+"""`python -m bench.run [-m] key=value ...`: one job, or a sweep of jobs, each measured and recorded.
+
+`run_job` is the plain function (tests call it with a composed config); `main` is Hydra's thin
+wrapper around it; `cli` checks the command line first, so a typo costs one line, not a trace.
+Every job writes metrics.json whatever happens: a refused configuration, a divergence or a
+crash is a record with a status, and a sweep goes on to its next job.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import ConfigError, load_config
+from bench.env import describe
+from bench.preflight import preflight
+from bench.records import METRICS, SCHEMA, write_json_atomic
+from bench.strategies import STRATEGIES
+from bench.train import Diverged, resolve_device, run_training
+
+# (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
+FINISHED: list[tuple[str, bool]] = []
+FINDINGS = {"ok", "oom", "diverged", "invalid"}  # outcomes that are results, not failures
+
+
+def _identity(node: dict) -> dict:
+    """Grouping fields, read leniently from the raw config so even an invalid job has them."""
+    def get(*path):
+        cur: Any = node
+        for p in path:
+            cur = cur.get(p) if isinstance(cur, dict) else None
+        return cur
+    strategy = get("strategy", "name")
+    uses_lora = strategy in STRATEGIES and STRATEGIES[strategy].uses_lora
+    return {"strategy": strategy, "rank": get("lora", "rank") if uses_lora else None,
+            "model": get("model", "name")}
+
+
+def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
+    """Run one job from a composed config and write out_dir/metrics.json; returns the record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    node.pop("hydra", None)
+    record: dict[str, Any] = {"schema": SCHEMA, "status": "error", **_identity(node), "config": node,
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        bench_cfg = load_config(node)
+        record["env"] = describe(resolve_device(bench_cfg))
+        run_training(bench_cfg, out_dir, record)
+        record["status"] = "ok"
+    except ConfigError as e:
+        record.update(status="invalid", reason=str(e), key=e.key)
+    except Diverged as e:
+        record.update(status="diverged", reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
+    except KeyboardInterrupt:
+        record.update(status="interrupted", reason="interrupted by the user or a signal")
+        write_json_atomic(out_dir / METRICS, record)
+        raise
+    except Exception as e:  # recorded, so the sweep's other jobs still run
+        record.update(status="error", reason=f"{type(e).__name__}: {e}",
+                      traceback=traceback.format_exception(e)[-6:])
+    write_json_atomic(out_dir / METRICS, record)
+    return record
+
+
+def summary_line(rec: dict) -> str:
+    """The one line a job prints when it ends."""
+    head = f"[{rec['status']}] {rec.get('strategy')}" + (f" r={rec['rank']}" if rec.get("rank") else "") \
+        + f" on {rec.get('model')}"
+    if rec["status"] != "ok":
+        return f"{head}: {rec.get('reason', '')}"
+    t, m, p, loss = rec["time"], rec["memory"], rec["params"], rec["loss"]
+    peak = m["device_peak_allocated_bytes"]
+    mem = f"peak {peak / 2**20:.0f} MiB allocated" if peak is not None else \
+        f"peak RSS {m['host_peak_rss_bytes'] / 2**20:.0f} MiB"
+    return (f"{head}: step {t['step_ms']['median']:.2f} ms (median), {mem}, "
+            f"trainable {p['trainable']:,} ({100 * p['trainable'] / p['total']:.2f}%), "
+            f"loss {loss['first']:.3f} -> {loss['last']:.3f} (eval {loss['eval_end']:.3f})")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    rec = run_job(cfg, Path(hc.runtime.output_dir))
+    print(summary_line(rec), file=sys.stdout if rec["status"] in FINDINGS else sys.stderr, flush=True)
+    FINISHED.append((rec["status"], hc.mode == RunMode.MULTIRUN))
+
+
+def exit_code(finished: list[tuple[str, bool]]) -> int:
+    """A single run: 0 only if ok (2 if refused). A sweep: 0 if every job ended in a finding."""
+    if not finished:
+        return 1
+    statuses = [s for s, _ in finished]
+    if "interrupted" in statuses:
+        return 130
+    if "error" in statuses:
+        return 1
+    multirun = finished[0][1]
+    if not multirun and statuses[0] == "invalid":
+        return 2
+    return 0
+
+
+def cli() -> None:
+    preflight(sys.argv[1:])
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: the record of the running job was written; the sweep stopped", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(exit_code(FINISHED))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,217 @@
+"""One measured fine-tuning run: build, apply the strategy, count one step, time the rest.
+
+Step order: 1 counting step (FLOPs, ops, saved activations, gradient and optimizer-state
+bytes; slow under the counters, so untimed), `warmup_steps` untimed steps, `steps` timed steps.
+The record is filled in place as figures become known, so a job that fails halfway still
+leaves everything it measured up to that point.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench import counters, memory
+from bench.config import BenchConfig, ConfigError
+from bench.data import make_source
+from bench.model import Transformer
+from bench.records import STEPS, StepLog
+from bench.strategies import apply_strategy, get_strategy
+from bench.timer import StepTimer
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, last_finite: float | None):
+        self.step, self.last_finite = step, last_finite
+        super().__init__(f"loss is not finite at step {step} (last finite loss: {last_finite})")
+
+
+def resolve_device(cfg: BenchConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for, but torch sees no CUDA device (use device=cpu or auto)")
+    dev = torch.device("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    if cfg.train.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError("train.precision", "fp16 needs a CUDA device (its grad scaler is CUDA-only); use bf16 or fp32")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+class Trainer:
+    """Holds the model and optimizer; `step()` is the loop body that gets timed."""
+
+    def __init__(self, model, cfg: BenchConfig, device: torch.device):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        precision = cfg.train.precision
+        self.autocast = (torch.autocast(device.type, dtype=_DTYPES[precision])
+                         if precision in _DTYPES else nullcontext())
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.clip = cfg.train.grad_clip
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            logits = self.model(batch[:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+
+    def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None) -> float:
+        """One optimizer step over `micro_batches`; returns the mean loss.
+
+        `probe` (counting step only) gets the saved-tensor context for the first micro-batch
+        and the gradient bytes before the optimizer frees them.
+        """
+        n = len(micro_batches)
+        losses = []
+        timer.start()
+        for i, batch in enumerate(micro_batches):
+            with probe.saved.active() if probe is not None and i == 0 else nullcontext():
+                loss = self.loss(batch)
+                timer.mark("forward")
+            scaled = loss / n if n > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            timer.mark("backward")
+            losses.append(loss)
+        if probe is not None:
+            probe.grads_bytes = counters.grads_bytes(self.model)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        timer.mark("optimizer")
+        self.last_timings = timer.stop()
+        # Read the loss after the clock stops: .item() would sync inside the step.
+        return sum(float(x.detach()) for x in losses) / n
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[torch.Tensor]) -> float:
+        self.model.eval()
+        loss = sum(float(self.loss(b)) for b in batches) / len(batches)
+        self.model.train()
+        return loss
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "mean": None, "p10": None, "p90": None, "std": None}
+    a = np.asarray(values, dtype=float)
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "p10": float(np.percentile(a, 10)),
+            "p90": float(np.percentile(a, 90)), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+
+
+def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
+    """Train as `cfg` says, filling `record` (the metrics.json dict) in place; returns it."""
+    t_job = time.perf_counter()
+    device = resolve_device(cfg)
+    strategy = get_strategy(cfg.strategy.name)
+    t = cfg.train
+
+    host = memory.HostPeak()
+    memory.reset_device(device)
+    host.reset()
+    seed_everything(t.seed)
+
+    source = make_source(cfg.data, cfg.model.vocab_size)
+    model = Transformer(cfg.model)
+    plan = apply_strategy(model, strategy, cfg.lora)
+    model.to(device).train()
+    record["plan"] = {"adapted": plan.adapted, "trained": plan.trained,
+                      "lora_scale": cfg.lora.scale if strategy.uses_lora else None}
+    record["params"] = counters.param_counts(model)
+
+    # Data is made before training and moved to the device, so no step waits for it.
+    n_steps = 1 + t.warmup_steps + t.steps
+    gen = torch.Generator().manual_seed(t.seed)
+    train_batches = [[source.batch(t.batch_size, t.seq_len, gen).to(device) for _ in range(t.grad_accum)]
+                     for _ in range(n_steps)]
+    eval_gen = torch.Generator().manual_seed(10_000 + cfg.data.seed)  # the same held-out set for every job
+    eval_batches = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
+
+    trainer = Trainer(model, cfg, device)
+    loss_rec = record["loss"] = {"first": None, "last": None, "eval_start": None, "eval_end": None,
+                                 "floor": source.floor}
+    loss_rec["eval_start"] = trainer.evaluate(eval_batches)
+
+    timer = StepTimer(device, phases=t.phases)
+    tokens_per_step = t.batch_size * t.seq_len * t.grad_accum
+    step_rows: list[dict] = []
+    last_finite = None
+    elapsed = 0.0
+    bar = tqdm(total=n_steps, desc=f"{strategy.name}", unit="step", leave=False, file=sys.stderr,
+               disable=None if t.progress else True)
+    with StepLog(out_dir / STEPS) as log:
+        for i, micro in enumerate(train_batches):
+            kind = "count" if i == 0 else ("warmup" if i <= t.warmup_steps else "timed")
+            if kind == "count":
+                with counters.StepCounts(model) as probe:
+                    loss = trainer.step(micro, StepTimer(device, phases=False), probe)
+                record["work"] = {"flops_per_step": probe.flops, "ops_per_step": probe.ops,
+                                  "tokens_per_step": tokens_per_step}
+                record["memory"] = {
+                    "weights_bytes": counters.weights_bytes(model),
+                    "grads_bytes": probe.grads_bytes,
+                    "optimizer_state_bytes": counters.optimizer_state_bytes(trainer.optimizer),
+                    "activations_bytes": probe.saved.bytes,
+                }
+                del probe
+                # The counting step holds extra references; peaks start after it.
+                memory.reset_device(device)
+                host.reset()
+                row = {"step": i, "kind": kind, "loss": loss, "step_ms": None}
+            else:
+                loss = trainer.step(micro, timer)
+                row = {"step": i, "kind": kind, "loss": loss, **trainer.last_timings}
+                elapsed += row["step_ms"] / 1e3
+                row["elapsed_s"] = elapsed
+            if not math.isfinite(loss):
+                log.write(row)
+                raise Diverged(i, last_finite)
+            last_finite = loss
+            if loss_rec["first"] is None:
+                loss_rec["first"] = loss
+            loss_rec["last"] = loss
+            log.write(row)
+            step_rows.append(row)
+            bar.update(1)
+    bar.close()
+
+    timed = [r for r in step_rows if r["kind"] == "timed"]
+    step_ms = [r["step_ms"] for r in timed]
+    time_rec = {"wall_s": None, "train_s": sum(step_ms) / 1e3, "tokens_per_s": None,
+                "step_ms": _stats(step_ms)}
+    for phase in ("forward", "backward", "optimizer"):
+        vals = [r[f"{phase}_ms"] for r in timed if f"{phase}_ms" in r]
+        time_rec[f"{phase}_ms"] = {"median": float(np.median(vals)) if vals else None}
+    med = time_rec["step_ms"]["median"]
+    time_rec["tokens_per_s"] = tokens_per_step / (med / 1e3) if med else None
+    record["time"] = time_rec
+
+    record["memory"].update(memory.device_peaks(device))
+    record["memory"]["nvml_used_bytes"] = memory.nvml_used_bytes(device)
+    record["memory"]["host_peak_rss_bytes"] = host.peak()
+    record["memory"]["host_peak_since_reset"] = host.since_reset
+
+    loss_rec["eval_end"] = trainer.evaluate(eval_batches)
+    time_rec["wall_s"] = time.perf_counter() - t_job
+    return record
