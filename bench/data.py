@@ -58,7 +58,11 @@ class MarkovChain(TokenSource):
         self.cum = self.prob.cumsum(1).float()
         self.cum[:, -1] = 1.0
         self.stationary = self._stationary()
-        row_entropy = -(self.prob * self.prob.log()).sum(1)
+        # A successor may be drawn twice in a row: merge duplicates before taking logs,
+        # H(row) = -sum_j prob_j * log P(succ_j), with P summed over equal successors.
+        same = succ[:, :, None] == succ[:, None, :]
+        merged = (self.prob[:, None, :] * same).sum(-1)
+        row_entropy = -(self.prob * merged.log()).sum(1)
         self.floor = float((self.stationary * row_entropy).sum())
 
     def _stationary(self, tol: float = 1e-12, max_iter: int = 100_000) -> torch.Tensor:

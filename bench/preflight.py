@@ -28,10 +28,13 @@ def preflight(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     args = [a for a in argv if "=" in a and not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(args)
-    except HydraException as e:
-        _fail(str(e).splitlines()[0])
+    parser = OverridesParser.create()
+    overrides = []
+    for arg in args:  # one at a time, so the message can name the one that is wrong
+        try:
+            overrides += parser.parse_overrides([arg])
+        except HydraException as e:
+            _fail(f"{arg}: {str(e).splitlines()[0]} (see Hydra's override grammar)")
 
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     first_values = []

@@ -90,7 +90,7 @@ def summary_line(rec: dict) -> str:
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     rec = run_job(cfg, Path(hc.runtime.output_dir))
-    print(summary_line(rec), file=sys.stdout if rec["status"] in FINDINGS else sys.stderr, flush=True)
+    print(summary_line(rec), file=sys.stdout if rec["status"] == "ok" else sys.stderr, flush=True)
     FINISHED.append((rec["status"], hc.mode == RunMode.MULTIRUN))
 
 

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+# Overrides that make a job take a second on tiny: tests check numbers, not speed.
+FAST = ["train.steps=3", "train.warmup_steps=1", "train.eval_batches=1", "train.batch_size=2",
+        "train.seq_len=16", "train.progress=false"]
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_of():
+    """compose_cfg + load_config: the validated BenchConfig for some overrides."""
+    from bench.config import load_config
+
+    return lambda *ov: load_config(compose_cfg(ov))
+
+
+def run_cli(args, cwd, timeout=300):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
