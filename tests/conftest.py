@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 # Overrides that make a job take a second on tiny: tests check numbers, not speed.
-FAST = ["train.steps=3", "train.warmup_steps=1", "train.eval_batches=1", "train.batch_size=2",
+FAST = ["device=cpu", "train.steps=3", "train.warmup_steps=1", "train.eval_batches=1", "train.batch_size=2",
         "train.seq_len=16", "train.progress=false"]
 
 

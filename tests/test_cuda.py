@@ -1,0 +1,40 @@
+"""CUDA paths end to end. Skipped without a GPU; benchmarks/gpu_check.py runs them on one.
+
+Their logic is covered on CPU too (tests/test_timer.py fakes CUDA events); these check the
+real thing: events, autocast, the fp16 grad scaler, allocator peaks and NVML.
+"""
+import pytest
+import torch
+
+from bench.run import run_job
+from tests.conftest import FAST, compose_cfg
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+ON_GPU = [o for o in FAST if not o.startswith("device=")] + ["device=cuda", "train.steps=5"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("strategy", ["full", "lora_all"])
+def test_cuda_job_records_device_figures(tmp_path, precision, strategy):
+    rec = run_job(compose_cfg([*ON_GPU, f"train.precision={precision}", f"strategy={strategy}"]), tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    m, t = rec["memory"], rec["time"]
+    assert rec["env"]["device"] == "cuda" and rec["env"]["cuda"]
+    assert m["device_peak_allocated_bytes"] > m["weights_bytes"]
+    assert m["device_peak_reserved_bytes"] >= m["device_peak_allocated_bytes"]
+    assert m["nvml_used_bytes"] is None or m["nvml_used_bytes"] >= m["device_peak_reserved_bytes"]
+    phases = sum(t[f"{p}_ms"]["median"] for p in ("forward", "backward", "optimizer"))
+    assert 0 < phases <= 1.05 * t["step_ms"]["median"]
+
+
+def test_cuda_optimizer_state_bytes(tmp_path):
+    rec = run_job(compose_cfg([*ON_GPU, "strategy=lora_qk"]), tmp_path)
+    n_tensors = 2 * 2 * 2  # (A, B) x (wq, wk) x 2 blocks
+    assert rec["memory"]["optimizer_state_bytes"] == 8 * rec["params"]["trainable"] + 4 * n_tensors
+
+
+def test_cuda_and_cpu_count_the_same_matmul_work(tmp_path):
+    cpu = run_job(compose_cfg([*FAST, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "cpu")
+    gpu = run_job(compose_cfg([*ON_GPU, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "gpu")
+    assert gpu["work"]["flops_per_step"] == pytest.approx(cpu["work"]["flops_per_step"], rel=0.02)
