@@ -91,15 +91,16 @@ def table(df: pd.DataFrame) -> str:
         "ops vs full": df.ops_vs_full.map(lambda x: f"{x:.2f}" if x == x else ""),
         "eval loss": df.eval_end.round(3),
     })
-    return out.to_markdown(index=False) if _has_tabulate() else out.to_string(index=False)
+    return markdown(out)
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs the tabulate package)."""
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                               for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,6 +120,15 @@ def _stats(values: list[float]) -> dict[str, float | None]:
             "p90": float(np.percentile(a, 90)), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
+def prepare(cfg: BenchConfig, device: torch.device):
+    """The token source and the model with its strategy applied, on `device`."""
+    source = make_source(cfg.data, cfg.model.vocab_size)
+    model = Transformer(cfg.model)
+    plan = apply_strategy(model, get_strategy(cfg.strategy.name), cfg.lora)
+    model.to(device).train()
+    return source, model, plan
+
+
 def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
     """Train as `cfg` says, filling `record` (the metrics.json dict) in place; returns it."""
     t_job = time.perf_counter()
@@ -132,10 +141,7 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
     host.reset()
     seed_everything(t.seed)
 
-    source = make_source(cfg.data, cfg.model.vocab_size)
-    model = Transformer(cfg.model)
-    plan = apply_strategy(model, strategy, cfg.lora)
-    model.to(device).train()
+    source, model, plan = prepare(cfg, device)
     record["plan"] = {"adapted": plan.adapted, "trained": plan.trained,
                       "lora_scale": cfg.lora.scale if strategy.uses_lora else None}
     record["params"] = counters.param_counts(model)

@@ -115,3 +115,21 @@ def test_ops_and_saved_activations_tell_strategies_apart(cfg_of):
     assert counts["lora_last"].saved.bytes < counts["full"].saved.bytes / 4
     dropped = _counted_step(cfg_of, "strategy=lora_all", "lora.dropout=0.1")[1]
     assert dropped.saved.bytes > counts["lora_all"].saved.bytes  # dropout's masks and copies
+
+
+def test_grad_accumulation_equals_one_big_batch(cfg_of):
+    """Two micro-batches of b, loss scaled by 1/2, give the update of one batch of 2b."""
+    results = []
+    for accum in (1, 2):
+        cfg, model, trainer, _ = _setup(cfg_of, "strategy=lora_qk", "train.batch_size=4", f"train.grad_accum={accum}")
+        torch.manual_seed(1)
+        big = torch.randint(0, cfg.model.vocab_size, (4, cfg.train.seq_len + 1))
+        micro = [big] if accum == 1 else list(big.split(2))
+        timer = StepTimer(torch.device("cpu"))
+        loss = trainer.step(micro, timer)
+        results.append((loss, [p.detach().clone() for p in trainer.params], trainer.last_timings))
+    (l1, p1, _), (l2, p2, timings) = results
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert {"forward_ms", "backward_ms", "optimizer_ms"} <= set(timings)

@@ -96,3 +96,14 @@ def test_bad_overrides_fail_in_one_line(tmp_path, args, needle):
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and needle in err[0], res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("extra", [["train.precision=bf16"], ["data=random"], ["train.grad_accum=2"],
+                                   ["strategy=lora_square", "model.n_kv_heads=4"]])
+def test_other_settings_run(tmp_path, extra):
+    rec = run_job(compose_cfg([*FAST, *extra]), tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    t = rec["config"]["train"]
+    assert rec["work"]["tokens_per_step"] == t["batch_size"] * t["seq_len"] * t["grad_accum"]
+    if "data=random" in extra:
+        assert rec["loss"]["floor"] == pytest.approx(5.545, abs=1e-3)  # ln 256

@@ -1,0 +1,63 @@
+"""Phase-timing overhead measured step by step in one process.
+
+    python benchmarks/overhead_interleaved.py [--pairs N] [key=value ...]   (default: lora_all on tiny)
+
+Job-level pairs (+study=overhead) carry the drift of a shared machine between jobs. Here one
+model alternates phase timing on and off in an ABBA order (on,off,off,on,...), so both
+conditions see the same noise; the overhead is the median of the per-pair ratios, with
+the 10th-90th percentile range of those ratios and a bootstrap 90% interval of the median.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from bench.config import load_config
+from bench.env import describe
+from bench.preflight import CONF_DIR
+from bench.timer import StepTimer
+from bench.train import Trainer, prepare, resolve_device, seed_everything
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = load_config(compose("config", overrides=["strategy=lora_all", *args.overrides]))
+    device = resolve_device(cfg)
+    seed_everything(cfg.train.seed)
+    source, model, _ = prepare(cfg, device)
+    trainer = Trainer(model, cfg, device)
+    t = cfg.train
+    gen = torch.Generator().manual_seed(t.seed)
+    batches = [source.batch(t.batch_size, t.seq_len, gen).to(device) for _ in range(16)]
+    timers = {True: StepTimer(device, phases=True), False: StepTimer(device, phases=False)}
+    for i in range(args.warmup):
+        trainer.step([batches[i % 16]], timers[False])
+    on, off = [], []
+    for i in range(2 * args.pairs):
+        phases = (i % 4) in (0, 3)  # ABBA: on, off, off, on
+        trainer.step([batches[i % 16]], timers[phases])
+        (on if phases else off).append(trainer.last_timings["step_ms"])
+    on_a, off_a = np.array(on), np.array(off)
+    ratio = on_a / off_a
+    rng = np.random.default_rng(0)
+    boot = np.median(rng.choice(ratio, size=(2000, ratio.size)), axis=1)
+    env = describe(device)
+    print(f"machine: {env['machine']}; torch {env['torch']}; {cfg.strategy.name} on {cfg.model.name}, "
+          f"batch {t.batch_size} x seq {t.seq_len}, {t.precision}; {args.pairs} pairs")
+    print(f"median step: phases on {np.median(on_a):.3f} ms, off {np.median(off_a):.3f} ms")
+    print(f"phase timing overhead: {100 * (np.median(ratio) - 1):+.2f}% (median of paired ratios; "
+          f"p10-p90 {100 * (np.percentile(ratio, 10) - 1):+.1f}% to {100 * (np.percentile(ratio, 90) - 1):+.1f}%; "
+          f"bootstrap 90% interval of the median {100 * (np.percentile(boot, 5) - 1):+.2f}% to "
+          f"{100 * (np.percentile(boot, 95) - 1):+.2f}%)")
+
+
+if __name__ == "__main__":
+    main()
