@@ -101,12 +101,14 @@ class TrainConfig:
     phases: bool
     eval_batches: int
     progress: bool
+    max_host_memory_gb: Optional[float]
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     device: str
     repeat: int
+    resume: bool
     model: ModelConfig
     strategy: StrategyConfig
     data: DataConfig
@@ -230,6 +232,8 @@ def _check_ranges(c: BenchConfig) -> None:
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _one_of("train.precision", t.precision, PRECISIONS)
     _positive("train.eval_batches", t.eval_batches)
+    if t.max_host_memory_gb is not None:
+        _positive("train.max_host_memory_gb", t.max_host_memory_gb)
 
     d = c.data
     _one_of("data.name", d.name, DATA_KINDS)

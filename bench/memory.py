@@ -80,3 +80,42 @@ def nvml_used_bytes(device: torch.device) -> int | None:
         return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
     except Exception:  # no driver library, no permission: a missing figure, not a failed job
         return None
+
+
+class HostMemoryGuard:
+    """Stops the job before the machine does: when this process's RSS passes `cap_bytes`.
+
+    A daemon thread samples RSS every `interval` seconds (cheap: one /proc read) and, past the
+    cap, interrupts the main thread, which turns that into an `oom` record. Sampling from a
+    thread checks *during* a step, not only between steps.
+    """
+
+    def __init__(self, cap_bytes: int | None, interval: float = 0.05):
+        import threading
+
+        self.cap = cap_bytes
+        self.interval = interval
+        self.tripped_at: int | None = None  # the RSS that crossed the cap
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="host-memory-guard")
+
+    def _watch(self) -> None:
+        import _thread
+
+        proc = psutil.Process()
+        while not self._stop.wait(self.interval):
+            rss = proc.memory_info().rss
+            if rss > self.cap:
+                self.tripped_at = rss
+                _thread.interrupt_main()
+                return
+
+    def __enter__(self) -> "HostMemoryGuard":
+        if self.cap is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -7,7 +7,12 @@ crash is a record with a status, and a sweep goes on to its next job.
 """
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from bench.config import ConfigError, load_config
 from bench.env import describe
 from bench.preflight import preflight
-from bench.records import METRICS, SCHEMA, write_json_atomic
+from bench.records import METRICS, SCHEMA, read_metrics, write_json_atomic
 from bench.strategies import STRATEGIES
-from bench.train import Diverged, resolve_device, run_training
+from bench.train import Diverged, OutOfMemory, resolve_device, run_training
 
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
@@ -43,14 +48,43 @@ def _identity(node: dict) -> dict:
             "model": get("model", "name")}
 
 
-def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
-    """Run one job from a composed config and write out_dir/metrics.json; returns the record."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+# Keys that do not change what is measured, left out of the configuration key.
+_NOT_MEASURED = {("resume",), ("train", "progress")}
+
+
+def config_key(node: dict) -> str:
+    """A stable hash of the resolved configuration (output paths are not in it)."""
+    def strip(d: dict, path=()) -> dict:
+        return {k: strip(v, path + (k,)) if isinstance(v, dict) else v
+                for k, v in d.items() if path + (k,) not in _NOT_MEASURED}
+    return hashlib.sha256(json.dumps(strip(node), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _to_node(cfg: DictConfig | dict) -> dict:
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     node.pop("hydra", None)
-    record: dict[str, Any] = {"schema": SCHEMA, "status": "error", **_identity(node), "config": node,
+    return node
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
+    """Run one job from a composed config and write out_dir/metrics.json; returns the record.
+
+    Every outcome is a record: invalid, diverged, oom and error are caught here, so a sweep
+    goes on; an interrupt (Ctrl-C, SIGTERM) is recorded and then passed on, so it stops.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    node = _to_node(cfg)
+    record: dict[str, Any] = {"schema": SCHEMA, "status": "error", **_identity(node),
+                              "config_key": config_key(node), "config": node,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    # A cluster pre-empts a job with SIGTERM: treat it as Ctrl-C, so the record is written.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if main_thread else None
     try:
         bench_cfg = load_config(node)
         record["env"] = describe(resolve_device(bench_cfg))
@@ -60,6 +94,8 @@ def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
         record.update(status="invalid", reason=str(e), key=e.key)
     except Diverged as e:
         record.update(status="diverged", reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
+    except OutOfMemory as e:
+        record.update(status="oom", reason=str(e), failed_step=e.step, oom_where=e.where)
     except KeyboardInterrupt:
         record.update(status="interrupted", reason="interrupted by the user or a signal")
         write_json_atomic(out_dir / METRICS, record)
@@ -67,8 +103,34 @@ def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
     except Exception as e:  # recorded, so the sweep's other jobs still run
         record.update(status="error", reason=f"{type(e).__name__}: {e}",
                       traceback=traceback.format_exception(e)[-6:])
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     write_json_atomic(out_dir / METRICS, record)
+    _free_memory()
     return record
+
+
+def _free_memory() -> None:
+    """After a failed job, the traceback's frames still hold its tensors: let them go."""
+    sys.last_traceback = sys.last_value = None
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def find_complete(sweep_dir: Path, key: str) -> Path | None:
+    """A metrics.json under sweep_dir with status ok for configuration `key`, if any."""
+    for path in sorted(Path(sweep_dir).rglob(METRICS)):
+        try:
+            rec = read_metrics(path)
+        except ValueError:
+            continue
+        if rec.get("status") == "ok" and rec.get("config_key") == key:
+            return path
+    return None
 
 
 def summary_line(rec: dict) -> str:
@@ -89,9 +151,20 @@ def summary_line(rec: dict) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    rec = run_job(cfg, Path(hc.runtime.output_dir))
+    multirun = hc.mode == RunMode.MULTIRUN
+    out_dir = Path(hc.runtime.output_dir)
+    if multirun and cfg.resume is True:
+        done = find_complete(Path(hc.sweep.dir), config_key(_to_node(cfg)))
+        if done is not None:
+            print(f"[skip] {' '.join(hc.overrides.task)}: already measured in {done.parent}", flush=True)
+            FINISHED.append(("ok", True))
+            return
+    old = out_dir / METRICS
+    if old.exists():  # another configuration's record in this job's directory: keep it, aside
+        old.rename(out_dir / f"metrics.replaced-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    rec = run_job(cfg, out_dir)
     print(summary_line(rec), file=sys.stdout if rec["status"] == "ok" else sys.stderr, flush=True)
-    FINISHED.append((rec["status"], hc.mode == RunMode.MULTIRUN))
+    FINISHED.append((rec["status"], multirun))
 
 
 def exit_code(finished: list[tuple[str, bool]]) -> int:

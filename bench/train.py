@@ -35,6 +35,14 @@ class Diverged(RuntimeError):
         super().__init__(f"loss is not finite at step {step} (last finite loss: {last_finite})")
 
 
+class OutOfMemory(RuntimeError):
+    """The device allocator or the host memory cap refused step `step`."""
+
+    def __init__(self, step: int, where: str, detail: str):
+        self.step, self.where = step, where
+        super().__init__(f"out of {where} memory at step {step}: {detail}")
+
+
 def resolve_device(cfg: BenchConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for, but torch sees no CUDA device (use device=cpu or auto)")
@@ -120,6 +128,53 @@ def _stats(values: list[float]) -> dict[str, float | None]:
             "p90": float(np.percentile(a, 90)), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
+def _one_step(i, micro, cfg, trainer, timer, record, step_rows, state, log, host, device) -> None:
+    """Step i: the counting step (i == 0), a warm-up step or a timed step, logged."""
+    kind = "count" if i == 0 else ("warmup" if i <= cfg.train.warmup_steps else "timed")
+    if kind == "count":
+        with counters.StepCounts(trainer.model) as probe:
+            loss = trainer.step(micro, StepTimer(device, phases=False), probe)
+        record["work"].update(flops_per_step=probe.flops, ops_per_step=probe.ops)
+        record["memory"].update(
+            weights_bytes=counters.weights_bytes(trainer.model),
+            grads_bytes=probe.grads_bytes,
+            optimizer_state_bytes=counters.optimizer_state_bytes(trainer.optimizer),
+            activations_bytes=probe.saved.bytes,
+        )
+        del probe
+        # The counting step holds extra references; peaks start after it.
+        memory.reset_device(device)
+        host.reset()
+        row = {"step": i, "kind": kind, "loss": loss, "step_ms": None}
+    else:
+        loss = trainer.step(micro, timer)
+        row = {"step": i, "kind": kind, "loss": loss, **trainer.last_timings}
+        state["elapsed"] += row["step_ms"] / 1e3
+        row["elapsed_s"] = state["elapsed"]
+    log.write(row)
+    if not math.isfinite(loss):
+        raise Diverged(i, state["last_finite"])
+    state["last_finite"] = loss
+    loss_rec = record["loss"]
+    if loss_rec["first"] is None:
+        loss_rec["first"] = loss
+    loss_rec["last"] = loss
+    step_rows.append(row)
+
+
+def _time_summary(step_rows: list[dict], tokens_per_step: int) -> dict:
+    timed = [r for r in step_rows if r["kind"] == "timed"]
+    step_ms = [r["step_ms"] for r in timed]
+    out = {"wall_s": None, "train_s": sum(step_ms) / 1e3, "timed_steps": len(step_ms), "tokens_per_s": None,
+           "step_ms": _stats(step_ms)}
+    for phase in ("forward", "backward", "optimizer"):
+        vals = [r[f"{phase}_ms"] for r in timed if f"{phase}_ms" in r]
+        out[f"{phase}_ms"] = {"median": float(np.median(vals)) if vals else None}
+    med = out["step_ms"]["median"]
+    out["tokens_per_s"] = tokens_per_step / (med / 1e3) if med else None
+    return out
+
+
 def prepare(cfg: BenchConfig, device: torch.device):
     """The token source and the model with its strategy applied, on `device`."""
     source = make_source(cfg.data, cfg.model.vocab_size)
@@ -146,11 +201,12 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
                       "lora_scale": cfg.lora.scale if strategy.uses_lora else None}
     record["params"] = counters.param_counts(model)
 
-    # Data is made before training and moved to the device, so no step waits for it.
     n_steps = 1 + t.warmup_steps + t.steps
     gen = torch.Generator().manual_seed(t.seed)
-    train_batches = [[source.batch(t.batch_size, t.seq_len, gen).to(device) for _ in range(t.grad_accum)]
-                     for _ in range(n_steps)]
+    # Each step's data is made and moved to the device just before its clock starts (the
+    # timer synchronizes at start), so no step waits for data and no run holds all of it.
+    train_batches = ([source.batch(t.batch_size, t.seq_len, gen).to(device) for _ in range(t.grad_accum)]
+                     for _ in range(n_steps))
     eval_gen = torch.Generator().manual_seed(10_000 + cfg.data.seed)  # the same held-out set for every job
     eval_batches = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
 
@@ -161,63 +217,36 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
 
     timer = StepTimer(device, phases=t.phases)
     tokens_per_step = t.batch_size * t.seq_len * t.grad_accum
+    record["work"] = {"flops_per_step": None, "ops_per_step": None, "tokens_per_step": tokens_per_step}
+    record["memory"] = {}
     step_rows: list[dict] = []
-    last_finite = None
-    elapsed = 0.0
+    state = {"step": 0, "last_finite": None, "elapsed": 0.0}
     bar = tqdm(total=n_steps, desc=f"{strategy.name}", unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
-    with StepLog(out_dir / STEPS) as log:
-        for i, micro in enumerate(train_batches):
-            kind = "count" if i == 0 else ("warmup" if i <= t.warmup_steps else "timed")
-            if kind == "count":
-                with counters.StepCounts(model) as probe:
-                    loss = trainer.step(micro, StepTimer(device, phases=False), probe)
-                record["work"] = {"flops_per_step": probe.flops, "ops_per_step": probe.ops,
-                                  "tokens_per_step": tokens_per_step}
-                record["memory"] = {
-                    "weights_bytes": counters.weights_bytes(model),
-                    "grads_bytes": probe.grads_bytes,
-                    "optimizer_state_bytes": counters.optimizer_state_bytes(trainer.optimizer),
-                    "activations_bytes": probe.saved.bytes,
-                }
-                del probe
-                # The counting step holds extra references; peaks start after it.
-                memory.reset_device(device)
-                host.reset()
-                row = {"step": i, "kind": kind, "loss": loss, "step_ms": None}
-            else:
-                loss = trainer.step(micro, timer)
-                row = {"step": i, "kind": kind, "loss": loss, **trainer.last_timings}
-                elapsed += row["step_ms"] / 1e3
-                row["elapsed_s"] = elapsed
-            if not math.isfinite(loss):
-                log.write(row)
-                raise Diverged(i, last_finite)
-            last_finite = loss
-            if loss_rec["first"] is None:
-                loss_rec["first"] = loss
-            loss_rec["last"] = loss
-            log.write(row)
-            step_rows.append(row)
-            bar.update(1)
-    bar.close()
-
-    timed = [r for r in step_rows if r["kind"] == "timed"]
-    step_ms = [r["step_ms"] for r in timed]
-    time_rec = {"wall_s": None, "train_s": sum(step_ms) / 1e3, "tokens_per_s": None,
-                "step_ms": _stats(step_ms)}
-    for phase in ("forward", "backward", "optimizer"):
-        vals = [r[f"{phase}_ms"] for r in timed if f"{phase}_ms" in r]
-        time_rec[f"{phase}_ms"] = {"median": float(np.median(vals)) if vals else None}
-    med = time_rec["step_ms"]["median"]
-    time_rec["tokens_per_s"] = tokens_per_step / (med / 1e3) if med else None
-    record["time"] = time_rec
-
-    record["memory"].update(memory.device_peaks(device))
-    record["memory"]["nvml_used_bytes"] = memory.nvml_used_bytes(device)
-    record["memory"]["host_peak_rss_bytes"] = host.peak()
-    record["memory"]["host_peak_since_reset"] = host.since_reset
+    guard = memory.HostMemoryGuard(int(t.max_host_memory_gb * 2**30) if t.max_host_memory_gb else None)
+    try:
+        with StepLog(out_dir / STEPS) as log, guard:
+            for i, micro in enumerate(train_batches):
+                state["step"] = i
+                _one_step(i, micro, cfg, trainer, timer, record, step_rows, state, log, host, device)
+                bar.update(1)
+    except KeyboardInterrupt:
+        if guard.tripped_at is None:
+            raise
+        raise OutOfMemory(state["step"], "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed "
+                          f"train.max_host_memory_gb={t.max_host_memory_gb}") from None
+    except torch.cuda.OutOfMemoryError as e:
+        raise OutOfMemory(state["step"], "cuda", str(e).splitlines()[0]) from None
+    finally:
+        # Whatever happened, keep what was measured up to here.
+        bar.close()
+        record["time"] = _time_summary(step_rows, tokens_per_step)
+        record["memory"].update(memory.device_peaks(device))
+        record["memory"]["nvml_used_bytes"] = memory.nvml_used_bytes(device)
+        record["memory"]["host_peak_rss_bytes"] = host.peak()
+        record["memory"]["host_peak_since_reset"] = host.since_reset
+        record["time"]["wall_s"] = time.perf_counter() - t_job
 
     loss_rec["eval_end"] = trainer.evaluate(eval_batches)
-    time_rec["wall_s"] = time.perf_counter() - t_job
+    record["time"]["wall_s"] = time.perf_counter() - t_job
     return record

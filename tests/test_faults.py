@@ -1,0 +1,132 @@
+"""Every job leaves a record with its status, and a sweep survives its bad cells (issue 6)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench import train as train_mod
+from bench.records import read_steps
+from bench.run import config_key, run_job
+from bench.summary import load_records
+from tests.conftest import FAST, ROOT, compose_cfg, run_cli
+
+
+def _statuses(sweep):
+    return [json.loads(p.read_text())["status"] for p in sorted(sweep.glob("*/metrics.json"),
+                                                                   key=lambda p: int(p.parent.name))]
+
+
+def test_sweep_with_invalid_and_diverging_cells_finishes(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "train.lr=1e-3,2e-3,-1,1e30", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]  # invalid and diverged are findings
+    assert _statuses(sweep) == ["ok", "ok", "invalid", "diverged"]
+    diverged = json.loads((sweep / "3" / "metrics.json").read_text())
+    assert diverged["failed_step"] >= 1 and diverged["last_finite_loss"] > 0
+    assert "Traceback" not in res.stderr
+
+
+def _fail_at(monkeypatch, step_no, action):
+    """Make Trainer.step run `action` inside step `step_no` (0 is the counting step)."""
+    real = train_mod.Trainer.step
+    calls = {"n": 0}
+
+    def step(self, micro, timer, probe=None):
+        if calls["n"] == step_no:
+            action()
+        calls["n"] += 1
+        return real(self, micro, timer, probe)
+
+    monkeypatch.setattr(train_mod.Trainer, "step", step)
+
+
+def test_cuda_out_of_memory_in_a_step_is_an_oom_record(tmp_path, monkeypatch):
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    _fail_at(monkeypatch, 3, oom)
+    rec = run_job(compose_cfg([*FAST, "train.steps=5"]), tmp_path)
+    assert rec["status"] == "oom" and rec["oom_where"] == "cuda" and rec["failed_step"] == 3
+    assert "20.00 GiB" in rec["reason"]
+    # What was measured before the failure is kept: counting step, one warm-up, one timed step.
+    assert rec["time"]["timed_steps"] == 1 and rec["time"]["step_ms"]["median"] > 0
+    assert rec["memory"]["optimizer_state_bytes"] > 0 and rec["memory"]["host_peak_rss_bytes"] > 0
+    assert len(read_steps(tmp_path / "steps.jsonl")) == 3
+
+
+def test_host_memory_cap_stops_the_job_during_a_step(tmp_path, monkeypatch):
+    import psutil
+
+    cap_gb = (psutil.Process().memory_info().rss + 300 * 2**20) / 2**30
+    hog = []
+
+    def allocate():
+        hog.append(torch.ones(600 * 2**20 // 4))  # 600 MiB, touched
+        time.sleep(0.5)  # the guard samples every 50 ms: it must fire inside this step
+
+    _fail_at(monkeypatch, 3, allocate)
+    rec = run_job(compose_cfg([*FAST, "train.steps=5", f"train.max_host_memory_gb={cap_gb:.3f}"]), tmp_path)
+    hog.clear()
+    assert rec["status"] == "oom" and rec["oom_where"] == "host" and rec["failed_step"] == 3, rec.get("reason")
+    assert "train.max_host_memory_gb" in rec["reason"]
+
+
+def test_sigterm_leaves_an_interrupted_record_and_a_readable_step_log(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "bench.run", *[o for o in FAST if not o.startswith("train.steps")],
+            "train.steps=100000", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = run_dir / "steps.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "interrupted"
+    rows = read_steps(steps)
+    assert len(rows) >= 5 and rec["time"]["timed_steps"] >= 3
+    assert "Traceback" not in err
+
+
+def test_resume_runs_only_the_missing_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "strategy=full,lora_qk,lora_last", *FAST, f"hydra.sweep.dir={sweep}"]
+    assert run_cli(args, cwd=ROOT).returncode == 0
+    first = sweep / "0" / "metrics.json"
+    mtime = first.stat().st_mtime_ns
+    (sweep / "1" / "metrics.json").unlink()               # a job that never finished
+    rec = json.loads((sweep / "2" / "metrics.json").read_text())
+    rec["status"] = "error"                                # a job that failed
+    (sweep / "2" / "metrics.json").write_text(json.dumps(rec))
+    res = run_cli(args, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("[skip]") == 1 and res.stdout.count("[ok]") == 2
+    assert first.stat().st_mtime_ns == mtime               # the finished job was not touched
+    assert _statuses(sweep) == ["ok", "ok", "ok"]
+    assert list((sweep / "2").glob("metrics.replaced-*.json"))  # the failed record is kept aside
+
+
+def test_config_key_ignores_what_does_not_change_the_measurement():
+    node = {"train": {"lr": 1e-3, "progress": True}, "resume": True, "strategy": {"name": "full"}}
+    same = {"train": {"lr": 1e-3, "progress": False}, "resume": False, "strategy": {"name": "full"}}
+    other = {"train": {"lr": 2e-3, "progress": True}, "resume": True, "strategy": {"name": "full"}}
+    assert config_key(node) == config_key(same) != config_key(other)
+
+
+def test_loader_skips_and_names_broken_records(tmp_path):
+    run_job(compose_cfg(FAST), tmp_path / "good")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "metrics.json").write_text('{"schema": 1, "status": "ok", "ti')
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text('{"schema": 0}')
+    warnings = []
+    df = load_records([tmp_path], warn=warnings.append)
+    assert list(df.status) == ["ok"]
+    assert len(warnings) == 2 and any("cut" in w for w in warnings) and any("old" in w for w in warnings)
