@@ -73,9 +73,14 @@ def read_metrics(path: Path) -> dict:
 
 
 def read_steps(path: Path) -> list[dict]:
-    """Read steps.jsonl, keeping every complete line (a killed job may leave a partial last one)."""
+    """Read steps.jsonl, keeping every complete line (a killed job may leave a partial last one).
+    A missing file reads as no steps."""
     rows = []
-    for line in Path(path).read_text().splitlines():
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

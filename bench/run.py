@@ -32,6 +32,7 @@ from bench.train import Diverged, OutOfMemory, resolve_device, run_training
 
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
+SWEEP_DIRS: list[Path] = []  # where this process's sweep writes, for a report after an interrupt
 FINDINGS = {"ok", "oom", "diverged", "invalid"}  # outcomes that are results, not failures
 
 
@@ -53,10 +54,18 @@ _NOT_MEASURED = {("resume",), ("train", "progress")}
 
 
 def config_key(node: dict) -> str:
-    """A stable hash of the resolved configuration (output paths are not in it)."""
+    """A stable hash of what a job measures: the resolved configuration (no output paths in it),
+    less the keys its strategy ignores, so `full` swept over lora.rank is one configuration."""
+    ignored = set(_NOT_MEASURED)
+    strategy = STRATEGIES.get((node.get("strategy") or {}).get("name"))
+    if strategy is not None and not strategy.uses_lora:
+        ignored.add(("lora",))
+    elif strategy is not None and strategy.name != "lora_all":
+        ignored.add(("lora", "include_head"))
+
     def strip(d: dict, path=()) -> dict:
         return {k: strip(v, path + (k,)) if isinstance(v, dict) else v
-                for k, v in d.items() if path + (k,) not in _NOT_MEASURED}
+                for k, v in d.items() if path + (k,) not in ignored}
     return hashlib.sha256(json.dumps(strip(node), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -121,16 +130,17 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _is_complete(path: Path, key: str) -> bool:
+    try:
+        rec = read_metrics(path)
+    except ValueError:
+        return False
+    return rec.get("status") == "ok" and rec.get("config_key") == key
+
+
 def find_complete(sweep_dir: Path, key: str) -> Path | None:
     """A metrics.json under sweep_dir with status ok for configuration `key`, if any."""
-    for path in sorted(Path(sweep_dir).rglob(METRICS)):
-        try:
-            rec = read_metrics(path)
-        except ValueError:
-            continue
-        if rec.get("status") == "ok" and rec.get("config_key") == key:
-            return path
-    return None
+    return next((p for p in sorted(Path(sweep_dir).rglob(METRICS)) if _is_complete(p, key)), None)
 
 
 def summary_line(rec: dict) -> str:
@@ -153,9 +163,17 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
+    if multirun:
+        SWEEP_DIRS.append(Path(hc.sweep.dir))
     if multirun and cfg.resume is True:
-        done = find_complete(Path(hc.sweep.dir), config_key(_to_node(cfg)))
+        node = _to_node(cfg)
+        key = config_key(node)
+        own = out_dir / METRICS
+        done = own if _is_complete(own, key) else find_complete(Path(hc.sweep.dir), key)
         if done is not None:
+            if done != own:  # the same measurement under another job: say so in this job's place
+                write_json_atomic(own, {"schema": SCHEMA, "status": "duplicate", **_identity(node),
+                                        "config_key": key, "same_as": str(done.parent), "config": node})
             print(f"[skip] {' '.join(hc.overrides.task)}: already measured in {done.parent}", flush=True)
             FINISHED.append(("ok", True))
             return
@@ -182,12 +200,36 @@ def exit_code(finished: list[tuple[str, bool]]) -> int:
     return 0
 
 
+def expand_repeats(argv: list[str]) -> list[str]:
+    """`repeats=N` -> `repeat=0,...,N-1` as the first override: the outermost loop of the sweep,
+    so every repetition is a full pass over the grid and drift hits all configurations alike."""
+    found = [a for a in argv if a.startswith("repeats=")]
+    if not found:
+        return argv
+    value = found[-1].split("=", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        print(f"error: repeats={value!r} must be a whole number >= 1", file=sys.stderr)
+        sys.exit(2)
+    rest = [a for a in argv if not a.startswith("repeats=")]
+    # Before the first key=value override (flags and their values, like `--cfg job`, stay put).
+    at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
+    rest.insert(at, f"repeat={','.join(map(str, range(int(value))))}")
+    if int(value) > 1 and not any(a in ("-m", "--multirun") for a in rest):
+        rest.insert(0, "-m")
+    return rest
+
+
 def cli() -> None:
+    sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
     try:
         main()
     except KeyboardInterrupt:
         print("interrupted: the record of the running job was written; the sweep stopped", file=sys.stderr)
+        if SWEEP_DIRS:  # Hydra skips on_multirun_end after an interrupt: report what was measured
+            from bench.callbacks import report_sweep
+
+            report_sweep(SWEEP_DIRS[-1])
         sys.exit(130)
     sys.exit(exit_code(FINISHED))
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bench import counters, memory
+from bench.calibrate import calibrate
 from bench.config import BenchConfig, ConfigError
 from bench.data import make_source
 from bench.model import Transformer
@@ -248,5 +249,7 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
         record["time"]["wall_s"] = time.perf_counter() - t_job
 
     loss_rec["eval_end"] = trainer.evaluate(eval_batches)
+    # After the timed steps, so the microbenchmark cannot disturb them.
+    record["calibration"] = calibrate(device, t.precision, t.batch_size * t.seq_len, cfg.model.dim, cfg.model.hidden)
     record["time"]["wall_s"] = time.perf_counter() - t_job
     return record

@@ -29,6 +29,8 @@ def test_sweep_with_invalid_and_diverging_cells_finishes(tmp_path):
     diverged = json.loads((sweep / "3" / "metrics.json").read_text())
     assert diverged["failed_step"] >= 1 and diverged["last_finite_loss"] > 0
     assert "Traceback" not in res.stderr
+    failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
+    assert "| invalid |" in failed and "| diverged |" in failed and "train.lr" in failed
 
 
 def _fail_at(monkeypatch, step_no, action):
@@ -126,7 +128,9 @@ def test_loader_skips_and_names_broken_records(tmp_path):
     (tmp_path / "cut" / "metrics.json").write_text('{"schema": 1, "status": "ok", "ti')
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text('{"schema": 0}')
+    (tmp_path / "killed" / ".hydra").mkdir(parents=True)  # Hydra made the job; it wrote nothing
     warnings = []
     df = load_records([tmp_path], warn=warnings.append)
-    assert list(df.status) == ["ok"]
+    status = dict(zip(df.path.map(lambda p: p.rsplit("/", 1)[-1]), df.status))
+    assert status == {"good": "ok", "cut": "unreadable", "old": "unreadable", "killed": "missing"}
     assert len(warnings) == 2 and any("cut" in w for w in warnings) and any("old" in w for w in warnings)

@@ -75,12 +75,14 @@ def test_real_multirun_writes_one_record_per_job(tmp_path):
     res = run_cli(["-m", "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8", *FAST,
                    f"hydra.sweep.dir={sweep}"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    records = {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
     assert len(records) == 8
-    assert all(r["status"] == "ok" for r in records)
-    assert sorted({(r["strategy"], r["rank"]) for r in records if r["rank"]}) == \
+    # full ignores lora.rank: its second job is the same measurement, run once and reported once.
+    assert records[1]["status"] == "duplicate" and records[1]["same_as"] == str(sweep / "0")
+    assert [records[i]["status"] for i in sorted(records) if i != 1] == ["ok"] * 7
+    assert sorted({(r["strategy"], r["rank"]) for r in records.values() if r["rank"]}) == \
         [(s, r) for s in ("lora_all", "lora_last", "lora_qk") for r in (2, 8)]
-    assert res.stdout.count("[ok]") == 8
+    assert res.stdout.count("[ok]") == 7 and res.stdout.count("[skip]") == 1
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,0 +1,56 @@
+"""Hand-made job records with known figures, for report and explanation tests."""
+import json
+from pathlib import Path
+
+CALIBRATION = {"matmul_flops_per_s": 1e11, "op_overhead_s": 5e-6}
+
+
+def record(strategy="full", rank=None, step=20.0, spread=(19.0, 21.0), fwd=6.0, bwd=11.0, opt=3.0,
+           flops=1e9, ops=1000, trainable=1000, status="ok", repeat=0, reason=None, **extra) -> dict:
+    lora = {"rank": rank or 8, "alpha": None, "rslora": False, "dropout": 0.0, "init": "A", "include_head": False,
+            "layers": None, "targets": None}
+    rec = {
+        "schema": 1, "status": status, "strategy": strategy, "rank": rank, "model": "tiny",
+        "config_key": f"{strategy}-{rank}-{repeat}",
+        "config": {"model": {"name": "tiny", "dim": 128, "n_layers": 2}, "data": {"name": "markov"},
+                   "strategy": {"name": strategy}, "lora": lora, "repeat": repeat,
+                   "train": {"batch_size": 8, "seq_len": 64, "grad_accum": 1, "precision": "fp32",
+                             "lr": 1e-3, "phases": True}},
+        "env": {"machine": "test machine"},
+        "params": {"total": 100_000, "trainable": trainable},
+        "time": {"wall_s": 1.0, "train_s": 0.4, "tokens_per_s": 512 / (step / 1e3),
+                 "step_ms": {"median": step, "mean": step, "p10": spread[0], "p90": spread[1], "std": 0.5},
+                 "forward_ms": {"median": fwd}, "backward_ms": {"median": bwd}, "optimizer_ms": {"median": opt}},
+        "memory": {"weights_bytes": 400_000, "grads_bytes": 4 * trainable, "optimizer_state_bytes": 8 * trainable,
+                   "activations_bytes": 2_000_000, "device_peak_allocated_bytes": None,
+                   "device_peak_reserved_bytes": None, "nvml_used_bytes": None, "host_peak_rss_bytes": 3e8},
+        "work": {"flops_per_step": flops, "ops_per_step": ops, "tokens_per_step": 512},
+        "loss": {"first": 5.5, "last": 4.0, "eval_start": 5.5, "eval_end": 4.5, "floor": 1.0},
+        "calibration": dict(CALIBRATION),
+    }
+    if reason:
+        rec["reason"] = reason
+    rec.update(extra)
+    return rec
+
+
+def write(root: Path, name: str, rec) -> Path:
+    d = Path(root) / name
+    d.mkdir(parents=True, exist_ok=True)
+    text = rec if isinstance(rec, str) else json.dumps(rec)
+    (d / "metrics.json").write_text(text)
+    if isinstance(rec, dict) and rec["status"] == "ok":  # a loss curve: 10 timed steps
+        step_s = rec["time"]["step_ms"]["median"] / 1e3
+        rows = [{"step": i, "kind": "timed", "loss": 5.5 - 0.1 * i, "step_ms": step_s * 1e3,
+                 "elapsed_s": step_s * (i + 1)} for i in range(10)]
+        (d / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+# LoRA slower than full: fewer FLOPs (-3 ms at 1e11 FLOP/s) but 2000 more ops (+10 ms at 5 us).
+SLOW_BY_OPS = dict(strategy="lora_all", rank=8, step=30.0, spread=(29.0, 31.0), fwd=10.0, bwd=17.0, opt=2.9,
+                   flops=0.7e9, ops=3000, trainable=100)
+# LoRA faster than full: same ops, nearly the same FLOPs, optimizer 8 ms -> 1 ms.
+FULL_BIG_OPT = dict(step=20.0, opt=8.0, bwd=6.0)
+FAST_BY_OPTIMIZER = dict(strategy="lora_qk", rank=8, step=13.0, spread=(12.5, 13.5), fwd=6.0, bwd=6.0, opt=1.0,
+                         flops=0.95e9, ops=1000, trainable=100)

@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bench.report import build_report
+from tests.conftest import FAST, ROOT, run_cli
+from tests.fixtures import SLOW_BY_OPS, record, write
+
+PLOTS = ["step_time_vs_rank", "time_split", "memory_split", "loss_vs_time"]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    write(root, "0", record(rank=None))
+    write(root, "1", record(strategy="full", rank=None, repeat=1, step=22.0, spread=(21, 23)))
+    write(root, "2", record(**SLOW_BY_OPS))
+    write(root, "3", {**record(strategy="lora_qk", rank=512, status="invalid",
+                               reason="lora.rank: 512 exceeds min(in, out)=64 of <script>alert(1)</script>")})
+    write(root, "4", '{"schema": 1, "status": "ok", "time": {')  # cut off mid-write
+    write(root, "5", record(strategy="full", status="duplicate", same_as=str(root / "0")))
+    (root / "6" / ".hydra").mkdir(parents=True)  # a job that never wrote its record
+    return root
+
+
+def test_report_tables_ratios_and_failures(sweep, tmp_path):
+    md = build_report([sweep], tmp_path / "out").read_text()
+    time_table = md.split("### Time")[1].split("###")[0]
+    rows = [ln for ln in time_table.splitlines() if ln.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["full", "lora_all r=8"]   # full once, two repeats
+    assert "| 1.43x |" in rows[1]                                                 # 30 / median(20, 22)
+    failed = md.split("## Records that did not end ok")[1]
+    for status in ("invalid", "unreadable", "missing"):
+        assert f"| {status} |" in failed
+    assert "Reported once" in md
+    csv = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(csv) == 7 and set(csv.status) == {"ok", "invalid", "unreadable", "duplicate", "missing"}
+    assert csv.loc[csv.strategy == "lora_all", "step_vs_full"].item() == pytest.approx(30 / 21)
+
+
+def test_plots_are_written_and_embedded(sweep, tmp_path):
+    out = tmp_path / "out"
+    build_report([sweep], out)
+    html = (out / "report.html").read_text()
+    for name in PLOTS:
+        png, svg = out / f"{name}.png", out / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert svg.stat().st_size > 5000 and "<svg" in svg.read_text()[:500]
+    assert html.count("src='data:image/png;base64,") == len(PLOTS)
+    assert "<script>" not in html and "&lt;script&gt;" in html   # strings from records are escaped
+
+
+def test_report_of_nothing_still_writes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    md = build_report([tmp_path / "empty"], tmp_path / "out").read_text()
+    assert "0 measured records" in md and (tmp_path / "out" / "report.html").exists()
+
+
+def test_report_cli_combines_directories(sweep, tmp_path):
+    other = tmp_path / "other"
+    write(other, "0", record(strategy="lora_last", rank=2, step=8.0, spread=(7.5, 8.5)))
+    res = subprocess.run([sys.executable, "-m", "bench.report", str(sweep), str(other), "--out",
+                          str(tmp_path / "both")], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "lora_last r=2" in (tmp_path / "both" / "report.md").read_text()
+    res = subprocess.run([sys.executable, "-m", "bench.report", str(tmp_path / "nope")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+def test_a_real_sweep_ends_with_its_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "strategy=full,lora_all,lora_last", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (sweep / "report" / "report.md").read_text()
+    for label in ("full", "lora_all r=8", "lora_last r=8"):
+        assert f"| {label} |" in md
+    assert "Cost model constants, measured on this machine" in md
+    assert all((sweep / "report" / f"{p}.png").exists() for p in PLOTS)
