@@ -41,7 +41,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             **{c: med(c) for c in ("forward_ms", "backward_ms", "optimizer_ms", "tokens_per_s",
                                    "device_peak_bytes", "host_peak_rss_bytes", "weights_bytes", "grads_bytes",
                                    "optimizer_state_bytes", "activations_bytes", "params_trainable",
-                                   "params_total", "flops_per_step", "ops_per_step", "eval_end",
+                                   "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end",
                                    "loss_floor", "train_s", "matmul_flops_per_s", "op_overhead_s")},
             "loss_gain_per_s": improvement.median(),
             "paths": list(g.path),

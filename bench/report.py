@@ -21,7 +21,7 @@ import pandas as pd
 
 from bench import plots
 from bench.explain import aggregate, explain, settings, verdict
-from bench.summary import SETTING, load_records, markdown, with_ratios
+from bench.summary import load_records, markdown, with_ratios
 
 MIB = 2 ** 20
 
@@ -76,6 +76,7 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
     })
     loss = pd.DataFrame({
         "configuration": agg.label,
+        "train loss (last step)": [_f(x, ".3f") for x in agg.loss_last],
         "eval loss": [_f(x, ".3f") for x in agg.eval_end],
         "gap to floor": [_f(a - b, ".3f") if b == b else "" for a, b in zip(agg.eval_end, agg.loss_floor)],
         "eval loss gain per s": [_f(x, ".4f") for x in agg.loss_gain_per_s],
@@ -90,10 +91,10 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
     return blocks
 
 
-def _crossover_blocks(df: pd.DataFrame, out: Path) -> tuple[list[Block], list[Path]]:
+def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     """The crossover map, where records span more than one width or tokens-per-step value."""
     family = ["model", "data", "precision", "machine"]
-    blocks, files = [], []
+    blocks = []
     rec = df[df.status.isin(["ok", "oom", "diverged", "invalid", "error"]) & df.dim.notna()]
     for n, (key, g) in enumerate(rec.groupby(family, dropna=False, sort=False)):
         if g.dim.nunique() < 2 and g.tokens_per_step.nunique() < 2:
@@ -109,14 +110,14 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> tuple[list[Block], list[Pa
                 cells.append({"dim": dim, "tokens_per_step": tok, "ratio": ratio, "note": note.upper()
                               if note == "oom" else note})
             name = f"crossover_{n}_{label[0]}_r{int(label[1])}"
-            files += plots.crossover(pd.DataFrame(cells), f"{label[0]} r={int(label[1])}", out, name)
+            plots.crossover(pd.DataFrame(cells), f"{label[0]} r={int(label[1])}", out, name)
             blocks += [("h3", f"Crossover: {label[0]} r={int(label[1])} ({', '.join(map(str, key))})"),
                        ("img", name, f"crossover map of {label[0]} r={int(label[1])}")]
     if blocks:
         blocks.insert(0, ("h2", "Crossover: where LoRA stops being slower"))
         blocks.insert(1, ("p", "Each cell: median step time of the LoRA configuration divided by full "
                                "fine-tuning's, at that model width and tokens per step. Above 1, LoRA is slower."))
-    return blocks, files
+    return blocks
 
 
 def build_report(dirs: list[Path], out: Path) -> Path:
@@ -132,7 +133,6 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         with_ratios(df).to_csv(out / "summary.csv", index=False)
     else:
         pd.DataFrame(columns=["path", "status", "reason"]).to_csv(out / "summary.csv", index=False)
-    files: list[Path] = []
     for n, (setting, g) in enumerate(settings(df)):
         agg = aggregate(g)
         title = _setting_title(setting)
@@ -146,13 +146,11 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
                          ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
             try:
-                files += fn(agg, title, out, kind + suffix)
+                fn(agg, title, out, kind + suffix)
                 blocks.append(("img", kind + suffix, kind.replace("_", " ")))
             except Exception as e:  # one plot must not cost the whole report
                 blocks.append(("p", f"The {kind.replace('_', ' ')} plot failed: {type(e).__name__}: {e}"))
-    cross, cross_files = _crossover_blocks(df, out)
-    blocks += cross
-    files += cross_files
+    blocks += _crossover_blocks(df, out)
     failed = df[~df.status.isin(["ok", "duplicate"])]
     blocks.append(("h2", "Records that did not end ok"))
     if failed.empty:

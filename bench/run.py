@@ -33,7 +33,7 @@ from bench.train import Diverged, OutOfMemory, resolve_device, run_training
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
 SWEEP_DIRS: list[Path] = []  # where this process's sweep writes, for a report after an interrupt
-FINDINGS = {"ok", "oom", "diverged", "invalid"}  # outcomes that are results, not failures
+FINDINGS = {"ok", "oom", "diverged", "invalid", "duplicate"}  # outcomes that are results, not failures
 
 
 def _identity(node: dict) -> dict:
@@ -192,11 +192,10 @@ def exit_code(finished: list[tuple[str, bool]]) -> int:
     statuses = [s for s, _ in finished]
     if "interrupted" in statuses:
         return 130
-    if "error" in statuses:
+    if any(s not in FINDINGS for s in statuses):
         return 1
-    multirun = finished[0][1]
-    if not multirun and statuses[0] == "invalid":
-        return 2
+    if not finished[0][1] and statuses[0] != "ok":
+        return 2 if statuses[0] == "invalid" else 0
     return 0
 
 

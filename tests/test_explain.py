@@ -1,4 +1,3 @@
-import pandas as pd
 
 from bench.explain import aggregate, explain, verdict
 from bench.summary import load_records

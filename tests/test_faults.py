@@ -1,12 +1,10 @@
 """Every job leaves a record with its status, and a sweep survives its bad cells (issue 6)."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from bench import train as train_mod
@@ -134,3 +132,20 @@ def test_loader_skips_and_names_broken_records(tmp_path):
     status = dict(zip(df.path.map(lambda p: p.rsplit("/", 1)[-1]), df.status))
     assert status == {"good": "ok", "cut": "unreadable", "old": "unreadable", "killed": "missing"}
     assert len(warnings) == 2 and any("cut" in w for w in warnings) and any("old" in w for w in warnings)
+
+
+def test_sigterm_stops_a_sweep_after_writing_its_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_qk",
+            *[o for o in FAST if not o.startswith("train.steps")], "train.steps=100000", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = sweep / "0" / "steps.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert not (sweep / "1").exists()  # the sweep stopped as asked
+    failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
+    assert "| interrupted |" in failed

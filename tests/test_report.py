@@ -79,3 +79,24 @@ def test_a_real_sweep_ends_with_its_report(tmp_path):
         assert f"| {label} |" in md
     assert "Cost model constants, measured on this machine" in md
     assert all((sweep / "report" / f"{p}.png").exists() for p in PLOTS)
+
+
+def test_crossover_map_with_an_oom_cell(tmp_path):
+    root = tmp_path / "cross"
+    n = 0
+    for dim in (64, 128):
+        for batch in (2, 8):
+            for strategy, rank, step in (("full", None, 10.0 * dim / 64), ("lora_all", 8, 12.0 * dim / 64)):
+                status = "oom" if (dim, batch, strategy) == (128, 8, "lora_all") else "ok"
+                rec = record(strategy=strategy, rank=rank, step=step, spread=(step - 0.1, step + 0.1), status=status)
+                rec["config"]["model"]["dim"] = dim
+                rec["config"]["train"]["batch_size"] = batch
+                rec["work"]["tokens_per_step"] = batch * 64
+                write(root, str(n), rec)
+                n += 1
+    md = build_report([root], tmp_path / "out").read_text()
+    assert "Crossover: lora_all r=8" in md
+    png = next((tmp_path / "out").glob("crossover_*lora_all_r8.png"))
+    assert png.stat().st_size > 5000
+    assert md.count("## Setting") == 4  # each width x batch is its own setting
+    assert "| oom |" in md.split("## Records that did not end ok")[1]
