@@ -41,6 +41,7 @@ class ModelConfig:
     max_seq_len: int
     rope_theta: float
     norm_eps: float
+    checkpoint: Optional[str]
 
     @property
     def hidden(self) -> int:
@@ -66,6 +67,7 @@ class DataConfig:
     seed: int
     path: Optional[str]
     branching: Optional[int]
+    shift: float
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class LoraConfig:
     include_head: bool
     layers: Optional[list[int]]
     targets: Optional[list[str]]
+    lr_ratio: float
 
     @property
     def scale(self) -> float:
@@ -102,6 +105,17 @@ class TrainConfig:
     eval_batches: int
     progress: bool
     max_host_memory_gb: Optional[float]
+    eval_every: int
+    target_loss: Optional[float]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int
+    lr: float
+    batch_size: int
+    seq_len: int
+    dir: str
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,7 @@ class BenchConfig:
     data: DataConfig
     lora: LoraConfig
     train: TrainConfig
+    pretrain: PretrainConfig
 
 
 def load_config(cfg: Any) -> BenchConfig:
@@ -234,9 +249,21 @@ def _check_ranges(c: BenchConfig) -> None:
     _positive("train.eval_batches", t.eval_batches)
     if t.max_host_memory_gb is not None:
         _positive("train.max_host_memory_gb", t.max_host_memory_gb)
+    _positive("train.eval_every", t.eval_every, allow_zero=True)
+    _positive("lora.lr_ratio", r.lr_ratio)
+
+    p = c.pretrain
+    for name in ("steps", "lr", "batch_size", "seq_len"):
+        _positive(f"pretrain.{name}", getattr(p, name))
+    if p.seq_len > m.max_seq_len:
+        raise ConfigError("pretrain.seq_len", f"{p.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
 
     d = c.data
     _one_of("data.name", d.name, DATA_KINDS)
+    if not 0.0 <= d.shift <= 1.0:
+        raise ConfigError("data.shift", f"must be in [0, 1], got {d.shift}")
+    if d.shift and d.name != "markov":
+        raise ConfigError("data.shift", f"only the markov language can be shifted, not data={d.name}")
     if d.name == "markov":
         if d.branching is None or not 1 <= d.branching <= m.vocab_size:
             raise ConfigError("data.branching", f"must be in [1, vocab_size={m.vocab_size}], got {d.branching}")

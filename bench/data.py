@@ -40,7 +40,7 @@ class MarkovChain(TokenSource):
     irreducible; token 0 also loops to itself, so it is aperiodic and has one stationary law.
     """
 
-    def __init__(self, vocab: int, branching: int, seed: int):
+    def __init__(self, vocab: int, branching: int, seed: int, shift: float = 0.0):
         g = torch.Generator().manual_seed(seed)
         self.vocab, self.branching = vocab, branching
         cycle = torch.randperm(vocab, generator=g)
@@ -52,6 +52,13 @@ class MarkovChain(TokenSource):
             succ[0, 1] = 0
         # Skewed weights (exponential draws cubed) give each state a few likely successors.
         w = torch.empty(vocab, branching).exponential_(generator=g).pow(3).double() + 1e-3
+        if shift > 0:
+            # A related language: redraw the transitions of a seeded share of the states, keeping
+            # the cycle successor (column 0) so the chain stays irreducible.
+            g2 = torch.Generator().manual_seed(seed + 7919)
+            rows = torch.randperm(vocab, generator=g2)[: round(shift * vocab)]
+            succ[rows, 1:] = torch.randint(0, vocab, (len(rows), branching - 1), generator=g2)
+            w[rows] = torch.empty(len(rows), branching).exponential_(generator=g2).pow(3).double() + 1e-3
         self.succ = succ
         # Normalised in float64: float32 rows miss 1 by ~1e-7 and the power iteration would drift.
         self.prob = w / w.sum(1, keepdim=True)
@@ -123,7 +130,7 @@ def make_source(cfg: DataConfig, vocab: int) -> TokenSource:
     if cfg.name == "random":
         return RandomTokens(vocab)
     if cfg.name == "markov":
-        return MarkovChain(vocab, cfg.branching, cfg.seed)
+        return MarkovChain(vocab, cfg.branching, cfg.seed, cfg.shift)
     if cfg.name == "jsonl":
         return JsonlBytes(cfg.path)
     raise ConfigError("data", f"{cfg.name!r} is not one of random, markov, jsonl")

@@ -42,7 +42,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                                    "device_peak_bytes", "host_peak_rss_bytes", "weights_bytes", "grads_bytes",
                                    "optimizer_state_bytes", "activations_bytes", "params_trainable",
                                    "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end",
-                                   "loss_floor", "train_s", "matmul_flops_per_s", "op_overhead_s")},
+                                   "loss_floor", "train_s", "matmul_flops_per_s", "op_overhead_s",
+                                   "to_target_s", "steps_to_target", "target_loss")},
             "loss_gain_per_s": improvement.median(),
             "paths": list(g.path),
         })
@@ -154,7 +155,7 @@ def verdict(agg: pd.DataFrame) -> str:
     gains = agg.loss_gain_per_s
     if gains.notna().any():
         best = agg.loc[gains.idxmax()]
-        s.append(f"Best loss per second: {best.label} (eval loss down {best.loss_gain_per_s:.3f} per second "
+        s.append(f"Best loss per second: {best.label} (eval loss down {best.loss_gain_per_s:.3g} per second "
                  f"of training).")
     full = agg[agg.strategy == "full"]
     if full.empty:

@@ -95,25 +95,50 @@ def memory_split(agg, title, out, name):
     return _stacked(agg, cols, scale, f"memory ({unit})", f"Where the memory goes\n{title}", out, name)
 
 
+def shade(hex_colour: str, i: int, n: int) -> tuple:
+    """Variant i of n of one strategy: its colour from darker to lighter, so the family stays."""
+    rgb = np.array(matplotlib.colors.to_rgb(hex_colour))
+    if n <= 1:
+        return tuple(rgb)
+    t = i / (n - 1)  # 0: darker, 1: lighter
+    dark, light = rgb * 0.55, rgb + (1 - rgb) * 0.55
+    return tuple(dark * (1 - t) + light * t)
+
+
+def _curve(path: str) -> tuple[list[float], list[float], str]:
+    """Eval loss over training time where the job evaluated during training, else training loss."""
+    import json
+
+    rec = json.loads((Path(path) / "metrics.json").read_text())
+    curve = rec.get("eval_curve") or []
+    if len(curve) > 2:
+        return [c["elapsed_s"] for c in curve], [c["eval_loss"] for c in curve], "eval"
+    rows = [s for s in read_steps(Path(path) / STEPS) if s.get("elapsed_s") is not None]
+    return [s["elapsed_s"] for s in rows], [s["loss"] for s in rows], "training"
+
+
 def loss_vs_time(agg: pd.DataFrame, title: str, out: Path, name: str) -> list[Path]:
-    """Training loss against training wall-clock time (first repeat of each configuration)."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    """Loss against training wall-clock time (first repeat of each configuration)."""
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     styles = ["-", "--", ":", "-."]
+    counts = agg.strategy.value_counts().to_dict()
     seen: dict[str, int] = {}
-    floor = None
+    kinds, floor = set(), None
     for _, r in agg.iterrows():
-        rows = [s for s in read_steps(Path(r.paths[0]) / STEPS) if s.get("elapsed_s") is not None]
-        if not rows:
+        x, y, kind = _curve(r.paths[0])
+        if not x:
             continue
+        kinds.add(kind)
         i = seen.get(r.strategy, 0)
         seen[r.strategy] = i + 1
-        ax.plot([s["elapsed_s"] for s in rows], [s["loss"] for s in rows], color=colour(r.strategy),
-                ls=styles[i % len(styles)], lw=1.3, label=r.label)
+        ax.plot(x, y, color=shade(colour(r.strategy), i, counts[r.strategy]), ls=styles[i % len(styles)],
+                lw=1.6 if kind == "eval" else 1.0, marker="o" if kind == "eval" else None, ms=3, label=r.label)
         floor = r.loss_floor if r.loss_floor == r.loss_floor else floor
     if floor is not None:
         ax.axhline(floor, color="#777777", ls=":", lw=1, label="loss floor (entropy rate)")
+    which = " and ".join(sorted(kinds)) or "training"
     ax.set_xlabel("training time (s, warm-up and timed steps)")
-    ax.set_ylabel("training loss (nats/token)")
+    ax.set_ylabel(f"{which} loss (nats/token)")
     ax.set_title(f"Loss against wall-clock time\n{title}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)

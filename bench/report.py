@@ -81,6 +81,10 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
         "gap to floor": [_f(a - b, ".3f") if b == b else "" for a, b in zip(agg.eval_end, agg.loss_floor)],
         "eval loss gain per s": [_f(x, ".4f") for x in agg.loss_gain_per_s],
     })
+    if agg.target_loss.notna().any():  # train.target_loss was set: how long each took to reach it
+        target = agg.target_loss.dropna().iloc[0]
+        loss[f"time to eval {target:g} (s)"] = [_f(x, ".2f") if x == x else "not reached" for x in agg.to_target_s]
+        loss["steps to it"] = [_f(x, ".0f") if x == x else "" for x in agg.steps_to_target]
     blocks = [("h3", "Time"), ("table", timing), ("h3", "Memory and work"), ("table", work),
               ("h3", "Loss"), ("table", loss)]
     if ref is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -105,6 +106,9 @@ def run_job(cfg: DictConfig | dict, out_dir: Path) -> dict:
         record.update(status="diverged", reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
     except OutOfMemory as e:
         record.update(status="oom", reason=str(e), failed_step=e.step, oom_where=e.where)
+    except torch.cuda.OutOfMemoryError as e:  # before the first step: moving the model, the first eval
+        record.update(status="oom", reason=f"out of cuda memory before training: {str(e).splitlines()[0]}",
+                      failed_step=None, oom_where="cuda")
     except KeyboardInterrupt:
         record.update(status="interrupted", reason="interrupted by the user or a signal")
         write_json_atomic(out_dir / METRICS, record)
@@ -124,8 +128,6 @@ def _free_memory() -> None:
     """After a failed job, the traceback's frames still hold its tensors: let them go."""
     sys.last_traceback = sys.last_value = None
     gc.collect()
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

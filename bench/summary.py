@@ -20,7 +20,7 @@ from bench.records import METRICS, read_metrics
 SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
-                "lr", "phases", "backend"]
+                "lr_ratio", "lr", "phases", "backend"]
 
 
 def flatten(rec: dict, path: Path) -> dict:
@@ -49,11 +49,14 @@ def flatten(rec: dict, path: Path) -> dict:
         "init": lora.get("init") if rec.get("rank") else None,
         "alpha": lora.get("alpha") if rec.get("rank") else None,
         "rslora": lora.get("rslora") if rec.get("rank") else None,
+        "lr_ratio": lora.get("lr_ratio") if rec.get("rank") else None,
         "machine": (rec.get("env") or {}).get("machine"),
         "tokens_per_step": w.get("tokens_per_step"),
         "step_ms": step.get("median"), "step_p10_ms": step.get("p10"), "step_p90_ms": step.get("p90"),
         "forward_ms": med("forward_ms"), "backward_ms": med("backward_ms"), "optimizer_ms": med("optimizer_ms"),
         "tokens_per_s": t.get("tokens_per_s"), "train_s": t.get("train_s"), "wall_s": t.get("wall_s"),
+        "to_target_s": t.get("to_target_s"), "steps_to_target": t.get("steps_to_target"),
+        "target_loss": train.get("target_loss"),
         "device_peak_bytes": peak, "host_peak_rss_bytes": m.get("host_peak_rss_bytes"),
         "weights_bytes": m.get("weights_bytes"), "grads_bytes": m.get("grads_bytes"),
         "optimizer_state_bytes": m.get("optimizer_state_bytes"), "activations_bytes": m.get("activations_bytes"),

@@ -61,13 +61,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+def param_groups(model, lr: float, lr_ratio: float) -> list[dict]:
+    """AdamW groups; with LoRA+ (lr_ratio != 1), the B matrices learn lr_ratio times faster than A."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if lr_ratio == 1.0:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    b = [p for n, p in trainable if n.endswith("lora_b")]
+    rest = [p for n, p in trainable if not n.endswith("lora_b")]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
+
+
 class Trainer:
     """Holds the model and optimizer; `step()` is the loop body that gets timed."""
 
     def __init__(self, model, cfg: BenchConfig, device: torch.device):
         self.model, self.cfg, self.device = model, cfg, device
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.lora.lr_ratio),
+                                           lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         precision = cfg.train.precision
         self.autocast = (torch.autocast(device.type, dtype=_DTYPES[precision])
                          if precision in _DTYPES else nullcontext())
@@ -163,6 +174,17 @@ def _one_step(i, micro, cfg, trainer, timer, record, step_rows, state, log, host
     step_rows.append(row)
 
 
+def _check_target(record: dict, state: dict, eval_loss: float, step: int, target: float | None) -> None:
+    """Keep the eval curve; note the first training time and step at which eval loss reaches target."""
+    record.setdefault("eval_curve", []).append({"step": step, "elapsed_s": state["elapsed"], "eval_loss": eval_loss})
+    if target is not None and eval_loss <= target and state.get("to_target") is None:
+        state["to_target"] = {"to_target_s": state["elapsed"], "steps_to_target": step}
+
+
+def _target_fields(state: dict) -> dict:
+    return state.get("to_target") or {"to_target_s": None, "steps_to_target": None}
+
+
 def _time_summary(step_rows: list[dict], tokens_per_step: int) -> dict:
     timed = [r for r in step_rows if r["kind"] == "timed"]
     step_ms = [r["step_ms"] for r in timed]
@@ -177,9 +199,13 @@ def _time_summary(step_rows: list[dict], tokens_per_step: int) -> dict:
 
 
 def prepare(cfg: BenchConfig, device: torch.device):
-    """The token source and the model with its strategy applied, on `device`."""
+    """The token source and the model (from its checkpoint, if any) with its strategy applied."""
+    from bench.checkpoint import resolve_checkpoint, load_weights
+
     source = make_source(cfg.data, cfg.model.vocab_size)
     model = Transformer(cfg.model)
+    if cfg.model.checkpoint:
+        load_weights(model, resolve_checkpoint(cfg))
     plan = apply_strategy(model, get_strategy(cfg.strategy.name), cfg.lora)
     model.to(device).train()
     return source, model, plan
@@ -222,6 +248,7 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
     record["memory"] = {}
     step_rows: list[dict] = []
     state = {"step": 0, "last_finite": None, "elapsed": 0.0}
+    _check_target(record, state, loss_rec["eval_start"], 0, t.target_loss)
     bar = tqdm(total=n_steps, desc=f"{strategy.name}", unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
     guard = memory.HostMemoryGuard(int(t.max_host_memory_gb * 2**30) if t.max_host_memory_gb else None)
@@ -230,6 +257,8 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
             for i, micro in enumerate(train_batches):
                 state["step"] = i
                 _one_step(i, micro, cfg, trainer, timer, record, step_rows, state, log, host, device)
+                if t.eval_every and i and i % t.eval_every == 0:  # untimed: between steps
+                    _check_target(record, state, trainer.evaluate(eval_batches), i, t.target_loss)
                 bar.update(1)
     except KeyboardInterrupt:
         if guard.tripped_at is None:
@@ -242,6 +271,7 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
         # Whatever happened, keep what was measured up to here.
         bar.close()
         record["time"] = _time_summary(step_rows, tokens_per_step)
+        record["time"].update(_target_fields(state))
         record["memory"].update(memory.device_peaks(device))
         record["memory"]["nvml_used_bytes"] = memory.nvml_used_bytes(device)
         record["memory"]["host_peak_rss_bytes"] = host.peak()
@@ -249,6 +279,8 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
         record["time"]["wall_s"] = time.perf_counter() - t_job
 
     loss_rec["eval_end"] = trainer.evaluate(eval_batches)
+    _check_target(record, state, loss_rec["eval_end"], n_steps - 1, t.target_loss)
+    record["time"].update(_target_fields(state))
     # After the timed steps, so the microbenchmark cannot disturb them.
     record["calibration"] = calibrate(device, t.precision, t.batch_size * t.seq_len, cfg.model.dim, cfg.model.hidden)
     record["time"]["wall_s"] = time.perf_counter() - t_job

@@ -3,8 +3,8 @@
     python benchmarks/gpu_check.py OUT_DIR
 
 1. the whole test suite, CUDA tests included (tests/test_cuda.py);
-2. the MiniMind #88 shape (minimind_v1, batch 32, seq 512, bf16): full against lora_all with
-   the head at ranks 2 and 8, lora_qk and lora_last;
+2. the minimind_88 study (minimind_v1, batch 32, seq 512, bf16): full against lora_all with
+   the head at ranks 2 and 8, lora_qk and lora_last, 3 repeats;
 3. the phase-timing overhead study on the GPU.
 Everything lands in OUT_DIR: the sweeps' records, the logs, and summary.md made by the
 project's own summary and overhead commands.
@@ -41,16 +41,13 @@ def main(out: Path) -> int:
     log = out / "gpu_check.log"
     py = sys.executable
     rcs = [sh([py, "-m", "pytest", "-q", "-rs", "tests/"], log)]
-    rcs.append(sh([py, "-m", "bench.run", "-m", "model=minimind_v1", "device=cuda", "train.precision=bf16",
-                   "train.batch_size=32", "train.seq_len=512", "train.steps=30", "train.warmup_steps=5",
-                   "train.progress=false", "lora.include_head=true",
-                   "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8",
+    rcs.append(sh([py, "-m", "bench.run", "+study=minimind_88", "train.progress=false",
                    f"hydra.sweep.dir={out / 'minimind_88'}"], log))
     rcs.append(sh([py, "-m", "bench.run", "+study=overhead", "device=cuda", "train.progress=false",
                    f"hydra.sweep.dir={out / 'overhead'}"], log))
     with (out / "summary.md").open("w") as f:
         f.write(f"# GPU check on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n")
-        f.write("## minimind_v1, batch 32 x seq 512, bf16 (python -m bench.summary)\n\n")
+        f.write("## +study=minimind_88: the report's verdict and tables are in minimind_88/report/\n\n")
         f.flush()
         subprocess.call([py, "-m", "bench.summary", str(out / "minimind_88")], cwd=ROOT, stdout=f)
         f.write("\n## Phase-timing overhead (python benchmarks/overhead.py)\n\n```\n")

@@ -149,3 +149,12 @@ def test_sigterm_stops_a_sweep_after_writing_its_report(tmp_path):
     assert not (sweep / "1").exists()  # the sweep stopped as asked
     failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
     assert "| interrupted |" in failed
+
+
+def test_cuda_out_of_memory_before_training_is_an_oom_record(tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(train_mod, "prepare", oom)
+    rec = run_job(compose_cfg(FAST), tmp_path)
+    assert rec["status"] == "oom" and rec["failed_step"] is None and "before training" in rec["reason"]

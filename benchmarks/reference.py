@@ -1,0 +1,101 @@
+"""Run studies and file their reports as reference results; rebuild the index.
+
+    python benchmarks/reference.py minimind_88_cpu depth ...   # run these studies, then index
+    python benchmarks/reference.py --index                     # only rebuild results/reference/README.md
+    python benchmarks/reference.py --rebuild                   # rebuild every report from its records
+
+Each study runs as `python -m bench.run +study=<name>` into results/multirun/ref_<name>; its
+report and records (metrics.json, steps.jsonl) are copied to results/reference/<name>/<machine>/,
+where <machine> is the records' own machine label. Nothing is edited by hand: the index quotes
+each report's verdict paragraphs as the report states them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = ROOT / "results" / "reference"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run_study(name: str) -> Path:
+    sweep = ROOT / "results" / "multirun" / f"ref_{name}"
+    if sweep.exists():
+        shutil.rmtree(sweep)
+    t = time.perf_counter()
+    rc = subprocess.call([sys.executable, "-m", "bench.run", f"+study={name}", "train.progress=false",
+                          f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    print(f"{name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+    records = sorted(sweep.glob("*/metrics.json"))
+    machine = next((json.loads(p.read_text()).get("env", {}).get("machine") for p in records
+                    if json.loads(p.read_text()).get("env")), "unknown machine")
+    dest = REF / name / slug(machine)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(sweep / "report", dest / "report")
+    for p in records:
+        job = dest / "records" / p.parent.name
+        job.mkdir(parents=True, exist_ok=True)
+        for f in ("metrics.json", "steps.jsonl"):
+            if (p.parent / f).exists():
+                shutil.copy(p.parent / f, job / f)
+    (dest / "COMMAND.md").write_text(
+        f"`python -m bench.run +study={name}` on {machine}, exit status {rc}, "
+        f"{time.perf_counter() - t:.0f} s wall time, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
+        f"Rebuild the report from the records: `python -m bench.report {dest.relative_to(ROOT)}/records "
+        f"--out <dir>`.\n")
+    return dest
+
+
+def index() -> None:
+    lines = ["# Reference results", "",
+             "Written by `python benchmarks/reference.py`: each study run with the project's own command on the "
+             "machine named, its report and records copied here unedited. The verdicts below are quoted from "
+             "each report.", ""]
+    for report in sorted(REF.glob("*/*/report/report.md")):
+        study, machine = report.parts[-4], report.parts[-3]
+        command = (report.parent.parent / "COMMAND.md")
+        lines += [f"## {study} on {machine}", "",
+                  command.read_text().strip() if command.exists() else "", "",
+                  f"Report: [{report.relative_to(REF)}]({report.relative_to(REF)})", ""]
+        for para in report.read_text().split("\n\n"):
+            if para.startswith("## Setting") or para.startswith("Verdict."):
+                lines.append(("**" + para.lstrip("# ") + "**") if para.startswith("## ") else "> " + para)
+                lines.append("")
+    for text in sorted(REF.glob("*/*/*.txt")):  # studies whose result is a benchmark script's output
+        lines += [f"## {text.parts[-3]} on {text.parts[-2]}: {text.name}", "", "```", text.read_text().strip(), "```", ""]
+    (REF / "README.md").write_text("\n".join(lines))
+    print(f"wrote {REF / 'README.md'}")
+
+
+def rebuild() -> None:
+    """Regenerate each filed report from its filed records, with the code as it is now."""
+    from bench.report import build_report
+
+    for records in sorted(REF.glob("*/*/records")):
+        report = records.parent / "report"
+        shutil.rmtree(report, ignore_errors=True)
+        print(f"rebuilt: {build_report([records.relative_to(ROOT)], report)}", flush=True)
+
+
+if __name__ == "__main__":
+    import os
+
+    os.chdir(ROOT)
+    args = sys.argv[1:]
+    if not args:
+        sys.exit(__doc__)
+    if "--rebuild" in args:
+        rebuild()
+    for name in [a for a in args if not a.startswith("--")]:
+        print(f"filed: {run_study(name)}", flush=True)
+    index()

@@ -1,0 +1,73 @@
+"""Study presets: each composes, expands to its intended grid, and every job is a valid config."""
+import pytest
+from omegaconf import OmegaConf
+
+from bench.config import load_config
+from bench.preflight import group_options
+from bench.run import config_key
+from bench.studies import expand
+from tests.conftest import ROOT, compose_cfg, run_cli
+
+# study -> (jobs Hydra launches, distinct measurements after `full` dedup)
+GRIDS = {
+    "minimind_88": (15, 15), "minimind_88_cpu": (15, 15),
+    "minimind_square": (12, 10),   # 2 repeats x (full once + lora_square and lora_attn at 2 ranks)
+    "crossover": (48, 48), "crossover_gpu": (48, 48),
+    "rank_sweep": (27, 19),        # full once + 2 strategies x 9 ranks
+    "depth": (16, 10),             # 2 repeats x (full once + 4 depths)
+    "dropout": (12, 9),            # 3 repeats x (full once + 2 dropouts)
+    "init": (24, 13),              # full once + 2 inits x 2 scalings x 3 LoRA+ ratios
+    "overhead": (10, 10),
+}
+
+
+def test_every_study_is_listed():
+    assert sorted(GRIDS) == group_options("study")
+
+
+def _jobs(study):
+    out = []
+    for job in expand(study):
+        node = OmegaConf.to_container(compose_cfg([f"+study={study}", *job]), resolve=True)
+        out.append((job, node, load_config(node)))
+    return out
+
+
+@pytest.mark.parametrize("study", sorted(GRIDS))
+def test_study_expands_to_its_grid(study):
+    jobs = _jobs(study)
+    launched, distinct = GRIDS[study]
+    assert len(jobs) == launched
+    assert len({config_key(node) for _, node, _ in jobs}) == distinct
+
+
+def test_minimind_88_is_the_reported_setting():
+    jobs = _jobs("minimind_88")
+    for _, _, cfg in jobs:
+        assert (cfg.model.name, cfg.train.batch_size, cfg.train.seq_len, cfg.train.precision, cfg.device) == \
+            ("minimind_v1", 32, 512, "bf16", "cuda")
+    five = {(c.strategy.name, c.lora.rank if c.strategy.name != "full" else None,
+             c.lora.include_head if c.strategy.name == "lora_all" else None) for _, _, c in jobs}
+    assert five == {("full", None, None), ("lora_all", 2, True), ("lora_all", 8, True),
+                    ("lora_qk", 8, None), ("lora_last", 8, None)}
+
+
+def test_study_keys_can_still_be_overridden():
+    cfg = load_config(compose_cfg(["+study=crossover", "device=cuda", "train.steps=3"]))
+    assert cfg.device == "cuda" and cfg.train.steps == 3
+    square = _jobs("minimind_square")
+    assert all(c.lora.init == "gaussian" and c.lora.scale == 1.0 for _, _, c in square)
+    init = _jobs("init")
+    assert {c.lora.lr_ratio for _, _, c in init} == {1.0, 4.0, 16.0}
+    assert all(c.model.checkpoint == "auto" and c.data.shift == 0.25 for _, _, c in init)
+
+
+def test_minimind_88_cpu_runs_end_to_end(tmp_path):
+    sweep = tmp_path / "mm88"
+    res = run_cli(["+study=minimind_88_cpu", "hydra.sweeper.params.repeat=0", "train.steps=2",
+                   "train.warmup_steps=0", "train.batch_size=1", "train.seq_len=16", "train.eval_batches=1",
+                   "train.progress=false", f"hydra.sweep.dir={sweep}"], cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (sweep / "report" / "report.md").read_text()
+    for label in ("full", "lora_all r=2", "lora_all r=8", "lora_qk r=8", "lora_last r=8"):
+        assert f"| {label} |" in md
