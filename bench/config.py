@@ -29,31 +29,39 @@ INITS = ("A", "B", "gaussian")
 DATA_KINDS = ("random", "markov", "jsonl")
 
 
+MODEL_KINDS = ("native", "hf_llama", "hf")
+BACKENDS = ("native", "peft")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    """Shapes are required for the models we build (native, hf_llama); a local Hugging Face
+    checkpoint (kind=hf) brings its own, so there they may be null."""
     name: str
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
+    kind: str
+    path: Optional[str]
+    dim: Optional[int]
+    n_layers: Optional[int]
+    n_heads: Optional[int]
+    n_kv_heads: Optional[int]
     ffn_hidden: Optional[int]
-    vocab_size: int
-    max_seq_len: int
-    rope_theta: float
-    norm_eps: float
+    vocab_size: Optional[int]
+    max_seq_len: Optional[int]
+    rope_theta: Optional[float]
+    norm_eps: Optional[float]
     checkpoint: Optional[str]
 
     @property
-    def hidden(self) -> int:
+    def hidden(self) -> int | None:
         """FFN width; MiniMind's rule when not given: int(8*dim/3) rounded up to a multiple of 64."""
-        if self.ffn_hidden is not None:
+        if self.ffn_hidden is not None or self.dim is None:
             return self.ffn_hidden
         h = int(2 * 4 * self.dim / 3)
         return 64 * ((h + 63) // 64)
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def head_dim(self) -> int | None:
+        return None if self.dim is None else self.dim // self.n_heads
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class LoraConfig:
     layers: Optional[list[int]]
     targets: Optional[list[str]]
     lr_ratio: float
+    backend: str
 
     @property
     def scale(self) -> float:
@@ -119,6 +128,11 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class PeftConfig:
+    autocast_adapter_dtype: bool  # PEFT keeps adapters in fp32 under a bf16 base, and casts the input
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     device: str
     repeat: int
@@ -129,6 +143,7 @@ class BenchConfig:
     lora: LoraConfig
     train: TrainConfig
     pretrain: PretrainConfig
+    peft: PeftConfig
 
 
 def load_config(cfg: Any) -> BenchConfig:
@@ -209,7 +224,18 @@ def _check_ranges(c: BenchConfig) -> None:
     _positive("repeat", c.repeat, allow_zero=True)
 
     m = c.model
-    for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+    _one_of("model.kind", m.kind, MODEL_KINDS)
+    _one_of("lora.backend", c.lora.backend, BACKENDS)
+    if m.kind == "hf":
+        if not m.path:
+            raise ConfigError("model.path", "model=hf needs a local checkpoint directory: model.path=/path/to/model")
+        if m.checkpoint:
+            raise ConfigError("model.checkpoint", "model=hf loads its weights from model.path")
+        _check_training(c)
+        return
+    for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "rope_theta", "norm_eps"):
+        if getattr(m, name) is None:
+            raise ConfigError(f"model.{name}", f"required for model.kind={m.kind}")
         _positive(f"model.{name}", getattr(m, name))
     if m.ffn_hidden is not None:
         _positive("model.ffn_hidden", m.ffn_hidden)
@@ -220,6 +246,11 @@ def _check_ranges(c: BenchConfig) -> None:
     if m.head_dim % 2:
         raise ConfigError("model.n_heads", f"head dim {m.head_dim} must be even for RoPE")
 
+    _check_training(c)
+
+
+def _check_training(c: BenchConfig) -> None:
+    m = c.model
     r = c.lora
     if r.rank < 1:
         raise ConfigError("lora.rank", f"must be >= 1, got {r.rank}")
@@ -239,7 +270,7 @@ def _check_ranges(c: BenchConfig) -> None:
     _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
     _positive("train.batch_size", t.batch_size)
     _positive("train.seq_len", t.seq_len)
-    if t.seq_len > m.max_seq_len:
+    if m.max_seq_len is not None and t.seq_len > m.max_seq_len:
         raise ConfigError("train.seq_len", f"{t.seq_len} exceeds model.max_seq_len={m.max_seq_len} of model={m.name}")
     _positive("train.lr", t.lr)
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
@@ -255,7 +286,7 @@ def _check_ranges(c: BenchConfig) -> None:
     p = c.pretrain
     for name in ("steps", "lr", "batch_size", "seq_len"):
         _positive(f"pretrain.{name}", getattr(p, name))
-    if p.seq_len > m.max_seq_len:
+    if m.max_seq_len is not None and p.seq_len > m.max_seq_len:
         raise ConfigError("pretrain.seq_len", f"{p.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
 
     d = c.data
@@ -265,10 +296,10 @@ def _check_ranges(c: BenchConfig) -> None:
     if d.shift and d.name != "markov":
         raise ConfigError("data.shift", f"only the markov language can be shifted, not data={d.name}")
     if d.name == "markov":
-        if d.branching is None or not 1 <= d.branching <= m.vocab_size:
+        if d.branching is None or d.branching < 1 or (m.vocab_size is not None and d.branching > m.vocab_size):
             raise ConfigError("data.branching", f"must be in [1, vocab_size={m.vocab_size}], got {d.branching}")
     if d.name == "jsonl":
         if not d.path:
             raise ConfigError("data.path", "data=jsonl needs a file: data.path=/path/to/file.jsonl")
-        if m.vocab_size < 256:
+        if m.vocab_size is not None and m.vocab_size < 256:
             raise ConfigError("model.vocab_size", f"data=jsonl uses byte tokens and needs >= 256, got {m.vocab_size}")

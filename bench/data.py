@@ -96,12 +96,14 @@ class MarkovChain(TokenSource):
         return out
 
 
-class JsonlBytes(TokenSource):
-    def __init__(self, path: str):
+class JsonlText(TokenSource):
+    """{"text": ...} per line, tokenized by `encode` (a model's own tokenizer), or as UTF-8 bytes."""
+
+    def __init__(self, path: str, encode=None):
         p = Path(path)
         if not p.is_file():
             raise ConfigError("data.path", f"{path!r} is not a file")
-        chunks = []
+        texts = []
         with p.open("r", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -112,11 +114,13 @@ class JsonlBytes(TokenSource):
                     raise ConfigError("data.path", f"{path}:{lineno}: not JSON ({e.msg})") from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise ConfigError("data.path", f'{path}:{lineno}: no string "text" field')
-                chunks.append(obj["text"].encode("utf-8") + b"\n")
-        data = b"".join(chunks)
-        if not data:
+                texts.append(obj["text"] + "\n")
+        if not texts:
             raise ConfigError("data.path", f"{path!r} holds no text")
-        self.tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        if encode is None:
+            self.tokens = torch.frombuffer(bytearray("".join(texts).encode("utf-8")), dtype=torch.uint8).long()
+        else:
+            self.tokens = torch.tensor([t for text in texts for t in encode(text)], dtype=torch.long)
 
     def batch(self, batch_size, seq_len, gen):
         n = self.tokens.numel()
@@ -126,11 +130,17 @@ class JsonlBytes(TokenSource):
         return torch.stack([self.tokens[s:s + seq_len + 1] for s in starts.tolist()])
 
 
-def make_source(cfg: DataConfig, vocab: int) -> TokenSource:
+JsonlBytes = JsonlText  # byte tokens: JsonlText without a tokenizer
+
+
+def make_source(cfg: DataConfig, vocab: int, encode=None) -> TokenSource:
+    """The token source for `cfg`; `encode` (text -> ids) is a model's own tokenizer, for jsonl."""
     if cfg.name == "random":
         return RandomTokens(vocab)
     if cfg.name == "markov":
         return MarkovChain(vocab, cfg.branching, cfg.seed, cfg.shift)
     if cfg.name == "jsonl":
-        return JsonlBytes(cfg.path)
+        if encode is None and vocab < 256:
+            raise ConfigError("data", f"data=jsonl uses byte tokens and needs a vocabulary of >= 256, not {vocab}")
+        return JsonlText(cfg.path, encode)
     raise ConfigError("data", f"{cfg.name!r} is not one of random, markov, jsonl")

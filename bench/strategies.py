@@ -63,6 +63,8 @@ class Plan:
     strategy: str
     adapted: list[str] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where a backend differs from the config's intent
+    shape: dict = field(default_factory=dict)
 
 
 def get_strategy(name: str) -> Strategy:

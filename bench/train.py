@@ -66,8 +66,10 @@ def param_groups(model, lr: float, lr_ratio: float) -> list[dict]:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if lr_ratio == 1.0:
         return [{"params": [p for _, p in trainable], "lr": lr}]
-    b = [p for n, p in trainable if n.endswith("lora_b")]
-    rest = [p for n, p in trainable if not n.endswith("lora_b")]
+    # Ours: "...wq.lora_b"; PEFT's: "...q_proj.lora_B.default.weight".
+    is_b = [("lora_b" in n.lower().split(".")) for n, _ in trainable]
+    b = [p for (_, p), x in zip(trainable, is_b) if x]
+    rest = [p for (_, p), x in zip(trainable, is_b) if not x]
     return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
 
 
@@ -198,15 +200,50 @@ def _time_summary(step_rows: list[dict], tokens_per_step: int) -> dict:
     return out
 
 
-def prepare(cfg: BenchConfig, device: torch.device):
-    """The token source and the model (from its checkpoint, if any) with its strategy applied."""
-    from bench.checkpoint import resolve_checkpoint, load_weights
+def build_model(cfg: BenchConfig) -> torch.nn.Module:
+    """The base model, before any strategy: ours, a Llama built by transformers, or a local checkpoint."""
+    if cfg.model.kind == "native":
+        return Transformer(cfg.model)
+    from bench import hf
 
-    source = make_source(cfg.data, cfg.model.vocab_size)
-    model = Transformer(cfg.model)
+    return hf.build_llama(cfg.model) if cfg.model.kind == "hf_llama" else hf.load_local(cfg.model.path)
+
+
+def model_shape(cfg: BenchConfig, model: torch.nn.Module) -> dict:
+    if cfg.model.kind == "native":
+        m = cfg.model
+        return {"dim": m.dim, "n_layers": m.n_layers, "hidden": m.hidden, "vocab_size": m.vocab_size,
+                "max_seq_len": m.max_seq_len}
+    from bench import hf
+
+    return hf.shape(model)
+
+
+def prepare(cfg: BenchConfig, device: torch.device):
+    """The token source and the model (from its checkpoint, if any) with its strategy applied
+    by the chosen backend. The plan carries the model's shape (a local checkpoint brings its own)."""
+    from bench.checkpoint import load_weights, resolve_checkpoint
+
+    model = build_model(cfg)
     if cfg.model.checkpoint:
         load_weights(model, resolve_checkpoint(cfg))
-    plan = apply_strategy(model, get_strategy(cfg.strategy.name), cfg.lora)
+    shape = model_shape(cfg, model)
+    if shape["max_seq_len"] and cfg.train.seq_len > shape["max_seq_len"]:
+        raise ConfigError("train.seq_len", f"{cfg.train.seq_len} exceeds the model's maximum {shape['max_seq_len']}")
+    encode = None
+    if cfg.model.kind == "hf" and cfg.data.name == "jsonl":
+        from bench.hf import local_tokenizer
+
+        encode = local_tokenizer(cfg.model.path)  # the checkpoint's own tokenizer, if it has one
+    source = make_source(cfg.data, shape["vocab_size"], encode)
+    strategy = get_strategy(cfg.strategy.name)
+    if cfg.lora.backend == "peft":
+        from bench.peft_backend import apply_peft
+
+        model, plan = apply_peft(model, strategy, cfg.lora, cfg.peft)
+    else:
+        plan = apply_strategy(model, strategy, cfg.lora)
+    plan.shape = shape
     model.to(device).train()
     return source, model, plan
 
@@ -224,8 +261,9 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
     seed_everything(t.seed)
 
     source, model, plan = prepare(cfg, device)
-    record["plan"] = {"adapted": plan.adapted, "trained": plan.trained,
+    record["plan"] = {"adapted": plan.adapted, "trained": plan.trained, "notes": plan.notes,
                       "lora_scale": cfg.lora.scale if strategy.uses_lora else None}
+    record["model_shape"] = plan.shape
     record["params"] = counters.param_counts(model)
 
     n_steps = 1 + t.warmup_steps + t.steps
@@ -282,6 +320,7 @@ def run_training(cfg: BenchConfig, out_dir: Path, record: dict) -> dict:
     _check_target(record, state, loss_rec["eval_end"], n_steps - 1, t.target_loss)
     record["time"].update(_target_fields(state))
     # After the timed steps, so the microbenchmark cannot disturb them.
-    record["calibration"] = calibrate(device, t.precision, t.batch_size * t.seq_len, cfg.model.dim, cfg.model.hidden)
+    record["calibration"] = calibrate(device, t.precision, t.batch_size * t.seq_len, plan.shape["dim"],
+                                      plan.shape["hidden"] or 4 * plan.shape["dim"])
     record["time"]["wall_s"] = time.perf_counter() - t_job
     return record

@@ -12,7 +12,7 @@ GROUPS = {g: group_options(g) for g in ("strategy", "model", "data")}
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_config_composes_and_validates(cfg_of, group, option):
-    extra = ["data.path=/dev/null"] if option == "jsonl" else []
+    extra = {"jsonl": ["data.path=/dev/null"], "hf": ["model.path=/some/local/model"]}.get(option, [])
     cfg = cfg_of(f"{group}={option}", *extra)
     assert getattr(cfg, group).name == option
 
