@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from bench.config import ConfigError, LoraConfig, PeftConfig
-from bench.strategies import Plan, Strategy, select_targets
+from bench.strategies import Plan, Strategy, check_rank, select_targets
 
 
 def apply_peft(model: nn.Module, strategy: Strategy, lora: LoraConfig, peft_cfg: PeftConfig) -> tuple[nn.Module, Plan]:
@@ -26,11 +26,7 @@ def apply_peft(model: nn.Module, strategy: Strategy, lora: LoraConfig, peft_cfg:
     notes = []
     if strategy.uses_lora:
         targets = select_targets(model, strategy, lora)
-        for name in targets:
-            base = model.get_submodule(name)
-            if lora.rank > min(base.in_features, base.out_features):
-                raise ConfigError("lora.rank", f"{lora.rank} exceeds min(in, out)="
-                                  f"{min(base.in_features, base.out_features)} of {name}")
+        check_rank(model, targets, lora.rank)
         if lora.init == "B":
             raise ConfigError("lora.init", "PEFT has no scheme with A = 0 and B random (Init[B]); "
                                            "use lora.init=A or gaussian, or lora.backend=native")

@@ -125,6 +125,15 @@ def select_targets(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> li
     return chosen
 
 
+def check_rank(model: nn.Module, targets: list[str], rank: int) -> None:
+    """A rank above a target's min(in, out) is no low-rank update: refuse it, naming the layer."""
+    for name in targets:
+        base = model.get_submodule(name)
+        if rank > min(base.in_features, base.out_features):
+            raise ConfigError("lora.rank", f"{rank} exceeds min(in, out)={min(base.in_features, base.out_features)} "
+                                           f"of {name} ({base.in_features}->{base.out_features})")
+
+
 def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Plan:
     """Freeze, wrap and unfreeze `model` in place as `strategy` says."""
     plan = Plan(strategy.name)
@@ -134,11 +143,7 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
         return plan
     if strategy.uses_lora:
         targets = select_targets(model, strategy, lora)
-        for name in targets:
-            base = model.get_submodule(name)
-            if lora.rank > min(base.in_features, base.out_features):
-                raise ConfigError("lora.rank", f"{lora.rank} exceeds min(in, out)="
-                                  f"{min(base.in_features, base.out_features)} of {name} ({base.in_features}->{base.out_features})")
+        check_rank(model, targets, lora.rank)
         for name in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model

@@ -76,17 +76,23 @@ def test_host_memory_cap_stops_the_job_during_a_step(tmp_path, monkeypatch):
     assert "train.max_host_memory_gb" in rec["reason"]
 
 
-def test_sigterm_leaves_an_interrupted_record_and_a_readable_step_log(tmp_path):
-    run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "bench.run", *[o for o in FAST if not o.startswith("train.steps")],
-            "train.steps=100000", f"hydra.run.dir={run_dir}"]
+def _sigterm_after(args, steps, n_steps):
+    """Start `python -m bench.run args` (a very long job), SIGTERM it once `steps` has n lines."""
+    args = [sys.executable, "-m", "bench.run", *args, *[o for o in FAST if not o.startswith("train.steps")],
+            "train.steps=100000"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    steps = run_dir / "steps.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < 5):
+    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < n_steps):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+def test_sigterm_leaves_an_interrupted_record_and_a_readable_step_log(tmp_path):
+    run_dir = tmp_path / "run"
+    steps = run_dir / "steps.jsonl"
+    proc, err = _sigterm_after([f"hydra.run.dir={run_dir}"], steps, 5)
     assert proc.returncode == 130, err[-2000:]
     rec = json.loads((run_dir / "metrics.json").read_text())
     assert rec["status"] == "interrupted"
@@ -136,15 +142,8 @@ def test_loader_skips_and_names_broken_records(tmp_path):
 
 def test_sigterm_stops_a_sweep_after_writing_its_report(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_qk",
-            *[o for o in FAST if not o.startswith("train.steps")], "train.steps=100000", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    steps = sweep / "0" / "steps.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc, err = _sigterm_after(["-m", "strategy=full,lora_qk", f"hydra.sweep.dir={sweep}"],
+                               sweep / "0" / "steps.jsonl", 3)
     assert proc.returncode == 130, err[-2000:]
     assert not (sweep / "1").exists()  # the sweep stopped as asked
     failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
