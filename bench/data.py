@@ -3,7 +3,7 @@
 - random: uniform tokens; floor ln(V). For timing only.
 - markov: a seeded sparse Markov chain (each token has `branching` successors); its entropy
   rate, computed exactly, is the lowest cross-entropy any model can reach on it.
-- jsonl: {"text": ...} per line, UTF-8 bytes as tokens; no known floor.
+- jsonl: {"text": ...} per line, tokenized by a model's own tokenizer or as UTF-8 bytes; no known floor.
 """
 from __future__ import annotations
 
@@ -128,9 +128,6 @@ class JsonlText(TokenSource):
             raise ConfigError("data.path", f"holds {n} bytes, fewer than train.seq_len+1={seq_len + 1}")
         starts = torch.randint(0, n - seq_len - 1, (batch_size,), generator=gen)
         return torch.stack([self.tokens[s:s + seq_len + 1] for s in starts.tolist()])
-
-
-JsonlBytes = JsonlText  # byte tokens: JsonlText without a tokenizer
 
 
 def make_source(cfg: DataConfig, vocab: int, encode=None) -> TokenSource:

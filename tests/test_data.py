@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.config import ConfigError
-from bench.data import JsonlBytes, MarkovChain, RandomTokens
+from bench.data import JsonlText, MarkovChain, RandomTokens
 
 
 def test_markov_stationary_law_and_floor():
@@ -43,7 +43,7 @@ def test_random_tokens_floor():
 def test_jsonl_bytes(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps({"text": t}) for t in ["héllo", "world"]) + "\n")
-    src = JsonlBytes(str(f))
+    src = JsonlText(str(f))
     assert bytes(src.tokens.tolist()) == "héllo\nworld\n".encode()
     assert src.batch(2, 4, torch.Generator().manual_seed(0)).shape == (2, 5)
 
@@ -57,10 +57,10 @@ def test_jsonl_errors_name_file_and_line(tmp_path, content, where):
     f = tmp_path / "bad.jsonl"
     f.write_text(content)
     with pytest.raises(ConfigError) as e:
-        JsonlBytes(str(f))
+        JsonlText(str(f))
     assert e.value.key == "data.path" and where in str(e.value) and "\n" not in str(e.value)
 
 
 def test_jsonl_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not a file"):
-        JsonlBytes(str(tmp_path / "nope.jsonl"))
+        JsonlText(str(tmp_path / "nope.jsonl"))

@@ -1,0 +1,30 @@
+"""Figures the README quotes must stand, verbatim, in the committed reference output they cite."""
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+REF = ROOT / "results" / "reference"
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}")[1].split("\n## ")[0]
+
+
+def test_report_sample_is_quoted_verbatim():
+    report = (REF / "quickstart" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
+    quoted = [ln[2:] if ln.startswith("> ") else ln for ln in _section("A sample of the report").splitlines()]
+    quoted = [q for q in quoted if q.startswith(("| ", "- lora", "Verdict.", "Cost model"))]
+    assert len(quoted) > 10
+    assert [q for q in quoted if q not in report] == []
+
+
+def test_backend_figures_are_quoted_verbatim():
+    text = (REF / "backends" / "amd-epyc-2-threads" / "backends.txt").read_text()
+    block = README.split("backends.txt):")[1].split("```")[1]
+    lines = [ln for ln in block.splitlines() if ln.strip()]
+    assert len(lines) == 4 and all(ln in text for ln in lines)
+
+
+def test_overhead_figures_are_in_the_filed_outputs():
+    out = "".join((REF / "overhead" / "amd-epyc-2-threads" / f).read_text() for f in ("study.txt", "interleaved.txt"))
+    for figure in ("27.058 ms", "27.057 ms", "-0.77%", "-1.66%", "-0.14%", "-10.26%", "-22.20%", "+6.89%"):
+        assert figure in out, figure
