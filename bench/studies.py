@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bench.preflight import CONF_DIR, group_options
+from bench.cli import CONF_DIR, group_options
 
 
 def expand(study: str, extra: list[str] = ()) -> list[list[str]]:

@@ -49,7 +49,7 @@ def main(out: Path) -> int:
         f.write(f"# GPU check on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n")
         f.write("## +study=minimind_88: the report's verdict and tables are in minimind_88/report/\n\n")
         f.flush()
-        subprocess.call([py, "-m", "bench.summary", str(out / "minimind_88")], cwd=ROOT, stdout=f)
+        subprocess.call([py, "-m", "bench.report", str(out / "minimind_88"), "--table"], cwd=ROOT, stdout=f)
         f.write("\n## Phase-timing overhead (python benchmarks/overhead.py)\n\n```\n")
         f.flush()
         subprocess.call([py, "benchmarks/overhead.py", str(out / "overhead")], cwd=ROOT, stdout=f,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.summary import load_records
+from bench.report.load import load_records
 
 
 def main(sweep: Path) -> int:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 from hydra import compose, initialize_config_dir
 
+from bench.build.setup import resolve_device, seed_everything, setup
+from bench.cli import CONF_DIR
 from bench.config import load_config
-from bench.env import describe
-from bench.preflight import CONF_DIR
-from bench.timer import StepTimer
-from bench.train import Trainer, prepare, resolve_device, seed_everything
+from bench.measure.env import describe
+from bench.measure.timer import StepTimer
+from bench.measure.trainer import Trainer
 
 
 def main() -> None:
@@ -32,19 +32,18 @@ def main() -> None:
         cfg = load_config(compose("config", overrides=["strategy=lora_all", *args.overrides]))
     device = resolve_device(cfg)
     seed_everything(cfg.train.seed)
-    source, model, _ = prepare(cfg, device)
-    trainer = Trainer(model, cfg, device)
+    s = setup(cfg, device)
+    trainer = Trainer(s.model, cfg, s.adapters["B"])
     t = cfg.train
-    gen = torch.Generator().manual_seed(t.seed)
-    batches = [source.batch(t.batch_size, t.seq_len, gen).to(device) for _ in range(16)]
+    batches = [micro for micro in s.train_batches(cfg, 16)]
     timers = {True: StepTimer(device, phases=True), False: StepTimer(device, phases=False)}
     for i in range(args.warmup):
-        trainer.step([batches[i % 16]], timers[False])
+        trainer.step(batches[i % 16], timers[False])
     on, off = [], []
     for i in range(2 * args.pairs):
         phases = (i % 4) in (0, 3)  # ABBA: on, off, off, on
-        trainer.step([batches[i % 16]], timers[phases])
-        (on if phases else off).append(trainer.last_timings["step_ms"])
+        _, timings = trainer.step(batches[i % 16], timers[phases])
+        (on if phases else off).append(timings["step_ms"])
     on_a, off_a = np.array(on), np.array(off)
     ratio = on_a / off_a
     rng = np.random.default_rng(0)

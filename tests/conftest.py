@@ -30,3 +30,21 @@ def run_cli(args, cwd, timeout=300):
 
     return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def built(*overrides):
+    """The build stage for some overrides, on CPU, seeded: (cfg, Setup)."""
+    import torch
+
+    from bench.build.setup import seed_everything, setup
+    from bench.config import load_config
+
+    cfg = load_config(compose_cfg(["device=cpu", *overrides]))
+    seed_everything(cfg.train.seed)
+    return cfg, setup(cfg, torch.device("cpu"))
+
+
+def trainer_of(cfg, s):
+    from bench.measure.trainer import Trainer
+
+    return Trainer(s.model, cfg, s.adapters["B"])

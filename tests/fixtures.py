@@ -5,31 +5,50 @@ from pathlib import Path
 CALIBRATION = {"matmul_flops_per_s": 1e11, "op_overhead_s": 5e-6}
 
 
+def _stats(median, p10=None, p90=None):
+    return {"median": median, "mean": median, "p10": p10, "p90": p90, "std": 0.5 if p10 is not None else None}
+
+
 def record(strategy="full", rank=None, step=20.0, spread=(19.0, 21.0), fwd=6.0, bwd=11.0, opt=3.0,
-           flops=1e9, ops=1000, trainable=1000, status="ok", repeat=0, reason=None, **extra) -> dict:
+           flops=1e9, ops=1000, trainable=1000, status="ok", repeat=0, reason=None, same_as=None,
+           stops_early=None, **extra) -> dict:
+    """A schema-2 record, as bench/job.py writes it, with the figures given."""
     lora = {"rank": rank or 8, "alpha": None, "rslora": False, "dropout": 0.0, "init": "A", "include_head": False,
-            "layers": None, "targets": None}
+            "layers": None, "targets": None, "lr_ratio": 1.0, "backend": "native"}
+    uses_lora = rank is not None
+    early = strategy in ("lora_last", "head_only") if stops_early is None else stops_early
     rec = {
-        "schema": 1, "status": status, "strategy": strategy, "rank": rank, "model": "tiny",
-        "config_key": f"{strategy}-{rank}-{repeat}",
+        "schema": 2, "status": status,
+        "identity": {"config_key": f"{strategy}-{rank}-{repeat}", "strategy": strategy, "rank": rank,
+                     "model": "tiny", "backend": "native" if uses_lora else None,
+                     "include_head": False if strategy == "lora_all" else None, "repeat": repeat},
         "config": {"model": {"name": "tiny", "dim": 128, "n_layers": 2}, "data": {"name": "markov"},
                    "strategy": {"name": strategy}, "lora": lora, "repeat": repeat,
                    "train": {"batch_size": 8, "seq_len": 64, "grad_accum": 1, "precision": "fp32",
-                             "lr": 1e-3, "phases": True}},
-        "env": {"machine": "test machine"},
+                             "lr": 1e-3, "phases": True, "target_loss": None}},
+    }
+    if status != "ok":
+        rec["outcome"] = {"reason": reason, "same_as": same_as}
+    if status in ("invalid", "duplicate"):  # refused or skipped before anything was measured
+        rec.update(extra)
+        return rec
+    rec.update({
+        "env": {"torch": "2.13.0", "python": "3.11", "device": "cpu", "device_name": "test cpu", "cuda": None,
+                "cpu": "test cpu", "cpu_count": 2, "threads": 2, "hostname": "test", "git_commit": None,
+                "machine": "test machine"},
+        "plan": {"strategy": strategy, "uses_lora": uses_lora, "backward_stops_early": early,
+                 "lora_scale": 1.0 if uses_lora else None, "adapted": [], "trained": []},
         "params": {"total": 100_000, "trainable": trainable},
-        "time": {"wall_s": 1.0, "train_s": 0.4, "tokens_per_s": 512 / (step / 1e3),
-                 "step_ms": {"median": step, "mean": step, "p10": spread[0], "p90": spread[1], "std": 0.5},
-                 "forward_ms": {"median": fwd}, "backward_ms": {"median": bwd}, "optimizer_ms": {"median": opt}},
+        "time": {"wall_s": 1.0, "train_s": 0.4, "timed_s": 0.4, "timed_steps": 20,
+                 "tokens_per_s": 512 / (step / 1e3), "step_ms": _stats(step, *spread),
+                 "forward_ms": _stats(fwd), "backward_ms": _stats(bwd), "optimizer_ms": _stats(opt)},
         "memory": {"weights_bytes": 400_000, "grads_bytes": 4 * trainable, "optimizer_state_bytes": 8 * trainable,
                    "activations_bytes": 2_000_000, "device_peak_allocated_bytes": None,
-                   "device_peak_reserved_bytes": None, "nvml_used_bytes": None, "host_peak_rss_bytes": 3e8},
-        "work": {"flops_per_step": flops, "ops_per_step": ops, "tokens_per_step": 512},
+                   "device_peak_reserved_bytes": None, "nvml_used_bytes": None, "host_peak_rss_bytes": 300_000_000},
+        "work": {"flops_per_step": int(flops), "ops_per_step": ops, "tokens_per_step": 512, "counted_step": 1},
         "loss": {"first": 5.5, "last": 4.0, "eval_start": 5.5, "eval_end": 4.5, "floor": 1.0},
-        "calibration": dict(CALIBRATION),
-    }
-    if reason:
-        rec["reason"] = reason
+        "calibration": {**CALIBRATION, "matmul_shape": [512, 128, 384], "precision": "fp32"},
+    })
     rec.update(extra)
     return rec
 

@@ -18,9 +18,9 @@ ON_GPU = [o for o in FAST if not o.startswith("device=")] + ["device=cuda", "tra
 @pytest.mark.parametrize("strategy", ["full", "lora_all"])
 def test_cuda_job_records_device_figures(tmp_path, precision, strategy):
     rec = run_job(compose_cfg([*ON_GPU, f"train.precision={precision}", f"strategy={strategy}"]), tmp_path)
-    assert rec["status"] == "ok", rec.get("reason")
-    m, t = rec["memory"], rec["time"]
-    assert rec["env"]["device"] == "cuda" and rec["env"]["cuda"]
+    assert rec.status == "ok", rec.outcome and rec.outcome.reason
+    m, t = rec.memory, rec.time
+    assert rec.env.device == "cuda" and rec.env.cuda
     assert m["device_peak_allocated_bytes"] > m["weights_bytes"]
     assert m["device_peak_reserved_bytes"] >= m["device_peak_allocated_bytes"]
     assert m["nvml_used_bytes"] is None or m["nvml_used_bytes"] >= m["device_peak_reserved_bytes"]
@@ -31,7 +31,7 @@ def test_cuda_job_records_device_figures(tmp_path, precision, strategy):
 def test_cuda_optimizer_state_bytes(tmp_path):
     rec = run_job(compose_cfg([*ON_GPU, "strategy=lora_qk"]), tmp_path)
     n_tensors = 2 * 2 * 2  # (A, B) x (wq, wk) x 2 blocks
-    assert rec["memory"]["optimizer_state_bytes"] == 8 * rec["params"]["trainable"] + 4 * n_tensors
+    assert rec.memory.optimizer_state_bytes == 8 * rec.params.trainable + 4 * n_tensors
 
 
 def test_cuda_and_cpu_count_the_same_matmul_work(tmp_path):

@@ -7,10 +7,11 @@ import time
 
 import torch
 
-from bench import train as train_mod
-from bench.records import read_steps
-from bench.run import config_key, run_job
-from bench.summary import load_records
+from bench import job as job_mod
+from bench.measure import trainer as trainer_mod
+from bench.record.store import read_steps
+from bench.job import config_key, run_job
+from bench.report.load import load_records
 from tests.conftest import FAST, ROOT, compose_cfg, run_cli
 
 
@@ -24,7 +25,7 @@ def test_sweep_with_invalid_and_diverging_cells_finishes(tmp_path):
     res = run_cli(["-m", "train.lr=1e-3,2e-3,-1,1e30", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]  # invalid and diverged are findings
     assert _statuses(sweep) == ["ok", "ok", "invalid", "diverged"]
-    diverged = json.loads((sweep / "3" / "metrics.json").read_text())
+    diverged = json.loads((sweep / "3" / "metrics.json").read_text())["outcome"]
     assert diverged["failed_step"] >= 1 and diverged["last_finite_loss"] > 0
     assert "Traceback" not in res.stderr
     failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
@@ -32,8 +33,8 @@ def test_sweep_with_invalid_and_diverging_cells_finishes(tmp_path):
 
 
 def _fail_at(monkeypatch, step_no, action):
-    """Make Trainer.step run `action` inside step `step_no` (0 is the counting step)."""
-    real = train_mod.Trainer.step
+    """Make Trainer.step run `action` inside step `step_no` (0 first, 1 counting, then warm-up)."""
+    real = trainer_mod.Trainer.step
     calls = {"n": 0}
 
     def step(self, micro, timer, probe=None):
@@ -42,21 +43,22 @@ def _fail_at(monkeypatch, step_no, action):
         calls["n"] += 1
         return real(self, micro, timer, probe)
 
-    monkeypatch.setattr(train_mod.Trainer, "step", step)
+    monkeypatch.setattr(trainer_mod.Trainer, "step", step)
 
 
 def test_cuda_out_of_memory_in_a_step_is_an_oom_record(tmp_path, monkeypatch):
     def oom():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    _fail_at(monkeypatch, 3, oom)
+    _fail_at(monkeypatch, 4, oom)
     rec = run_job(compose_cfg([*FAST, "train.steps=5"]), tmp_path)
-    assert rec["status"] == "oom" and rec["oom_where"] == "cuda" and rec["failed_step"] == 3
-    assert "20.00 GiB" in rec["reason"]
-    # What was measured before the failure is kept: counting step, one warm-up, one timed step.
-    assert rec["time"]["timed_steps"] == 1 and rec["time"]["step_ms"]["median"] > 0
-    assert rec["memory"]["optimizer_state_bytes"] > 0 and rec["memory"]["host_peak_rss_bytes"] > 0
-    assert len(read_steps(tmp_path / "steps.jsonl")) == 3
+    assert rec.status == "oom" and rec.outcome.oom_where == "cuda" and rec.outcome.failed_step == 4
+    assert "20.00 GiB" in rec.outcome.reason
+    # What was measured before the failure is kept: first, counting, one warm-up, one timed step.
+    assert rec.time.timed_steps == 1 and rec.time.step_ms.median > 0
+    assert rec.memory.optimizer_state_bytes > 0 and rec.memory.host_peak_rss_bytes > 0
+    assert len(read_steps(tmp_path / "steps.jsonl")) == 4
+    assert json.loads((tmp_path / "metrics.json").read_text())["time"]["timed_steps"] == 1
 
 
 def test_host_memory_cap_stops_the_job_during_a_step(tmp_path, monkeypatch):
@@ -69,11 +71,11 @@ def test_host_memory_cap_stops_the_job_during_a_step(tmp_path, monkeypatch):
         hog.append(torch.ones(600 * 2**20 // 4))  # 600 MiB, touched
         time.sleep(0.5)  # the guard samples every 50 ms: it must fire inside this step
 
-    _fail_at(monkeypatch, 3, allocate)
+    _fail_at(monkeypatch, 4, allocate)
     rec = run_job(compose_cfg([*FAST, "train.steps=5", f"train.max_host_memory_gb={cap_gb:.3f}"]), tmp_path)
     hog.clear()
-    assert rec["status"] == "oom" and rec["oom_where"] == "host" and rec["failed_step"] == 3, rec.get("reason")
-    assert "train.max_host_memory_gb" in rec["reason"]
+    assert rec.status == "oom" and rec.outcome.oom_where == "host" and rec.outcome.failed_step == 4, rec.outcome and rec.outcome.reason
+    assert "train.max_host_memory_gb" in rec.outcome.reason
 
 
 def _sigterm_after(args, steps, n_steps):
@@ -97,7 +99,7 @@ def test_sigterm_leaves_an_interrupted_record_and_a_readable_step_log(tmp_path):
     rec = json.loads((run_dir / "metrics.json").read_text())
     assert rec["status"] == "interrupted"
     rows = read_steps(steps)
-    assert len(rows) >= 5 and rec["time"]["timed_steps"] >= 3
+    assert len(rows) >= 5 and rec["time"]["timed_steps"] >= 2
     assert "Traceback" not in err
 
 
@@ -109,7 +111,7 @@ def test_resume_runs_only_the_missing_jobs(tmp_path):
     mtime = first.stat().st_mtime_ns
     (sweep / "1" / "metrics.json").unlink()               # a job that never finished
     rec = json.loads((sweep / "2" / "metrics.json").read_text())
-    rec["status"] = "error"                                # a job that failed
+    rec["status"] = "error"                             # a job that failed
     (sweep / "2" / "metrics.json").write_text(json.dumps(rec))
     res = run_cli(args, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -129,7 +131,7 @@ def test_config_key_ignores_what_does_not_change_the_measurement():
 def test_loader_skips_and_names_broken_records(tmp_path):
     run_job(compose_cfg(FAST), tmp_path / "good")
     (tmp_path / "cut").mkdir()
-    (tmp_path / "cut" / "metrics.json").write_text('{"schema": 1, "status": "ok", "ti')
+    (tmp_path / "cut" / "metrics.json").write_text('{"schema": 2, "status": "ok", "ti')
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text('{"schema": 0}')
     (tmp_path / "killed" / ".hydra").mkdir(parents=True)  # Hydra made the job; it wrote nothing
@@ -154,6 +156,6 @@ def test_cuda_out_of_memory_before_training_is_an_oom_record(tmp_path, monkeypat
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(train_mod, "prepare", oom)
+    monkeypatch.setattr(job_mod, "setup", oom)
     rec = run_job(compose_cfg(FAST), tmp_path)
-    assert rec["status"] == "oom" and rec["failed_step"] is None and "before training" in rec["reason"]
+    assert rec.status == "oom" and rec.outcome.failed_step is None and "before training" in rec.outcome.reason

@@ -3,8 +3,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench.config import load_config
-from bench.preflight import group_options
-from bench.run import config_key
+from bench.cli import group_options
+from bench.job import config_key
 from bench.studies import expand
 from tests.conftest import ROOT, compose_cfg, run_cli
 

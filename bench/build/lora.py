@@ -1,0 +1,112 @@
+"""The LoRA layer: a frozen nn.Linear plus a trainable low-rank update.
+
+            ┌──────────────────────────┐
+    x ──┬──►│ W (out × in), frozen     │──────────────────┐
+        │   └──────────────────────────┘                  ▼
+        │   ┌─────────┐  ┌─────────┐  ┌────────────┐     (+) ──► y = W x + s · B A x
+        └──►│ dropout │─►│ A (r×in)│─►│ × s        │─► B (out×r)
+            └─────────┘  └─────────┘  └────────────┘
+
+s = alpha / r (or alpha / sqrt(r) with rsLoRA). One of A, B starts at zero, so at step 0 the
+adapted model computes exactly what the base model computes. The scale is applied to the
+r-wide intermediate, not the out-wide result: same function, fewer multiplications; at s = 1
+there is no multiply at all. `merge()` folds s · B @ A into W for inference, once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0,
+                 init: str = "A", init_std: float = 0.02):
+        super().__init__()
+        # What trains is set by the strategy (bench/build/strategies.py: set_trainable), not here.
+        self.base = base
+        self.rank, self.scale = rank, scale
+        self.in_features, self.out_features = base.in_features, base.out_features
+        w = base.weight
+        self.lora_a = nn.Parameter(torch.zeros(rank, self.in_features, device=w.device, dtype=w.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype))
+        # No module at all when dropout is off: nn.Dropout(0) would still dispatch an op.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_adapter(init, init_std)
+
+    def reset_adapter(self, init: str, init_std: float = 0.02) -> None:
+        """Init schemes of Hayou et al. 2024: A random/B zero ("A"), B random/A zero ("B")."""
+        with torch.no_grad():
+            self.lora_a.zero_()
+            self.lora_b.zero_()
+            if init == "A":
+                nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear and PEFT
+            elif init == "B":
+                nn.init.kaiming_uniform_(self.lora_b, a=math.sqrt(5))
+            elif init == "gaussian":
+                nn.init.normal_(self.lora_a, std=init_std)  # MiniMind's model_lora.py: std 0.02
+            else:
+                raise ValueError(f"unknown LoRA init {init!r}")
+
+    def adapter_params(self) -> dict[str, nn.Parameter]:
+        """The trainable adapter parameters by role, A (down) and B (up): torchtune's
+        AdapterModule protocol, with roles so that LoRA+ can give B its own learning rate."""
+        return {"A": self.lora_a, "B": self.lora_b}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:  # the update already lives in the base weight
+            return self.base(x)
+        low = F.linear(self.dropout(x), self.lora_a)
+        if self.scale != 1.0:
+            low = low * self.scale
+        return self.base(x) + F.linear(low, self.lora_b)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold s·B@A into the base weight and return the plain nn.Linear. Idempotent: a second
+        call must not add the update twice, so the layer remembers that it merged."""
+        if not self.merged:
+            self.base.weight += self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
+            self.merged = True
+        return self.base
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+
+
+def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def adapter_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Every adapter parameter of `model` by role ("A", "B"), asked of the layers themselves."""
+    out: dict[str, list[nn.Parameter]] = {"A": [], "B": []}
+    for _, module in lora_modules(model):
+        for role, p in module.adapter_params().items():
+            out[role].append(p)
+    return out
+
+
+def merge_all(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear in `model` by its merged nn.Linear (in place).
+
+    A base weight shared with another module (the tied head and embedding) is copied first:
+    merging into the shared tensor would change the embedding too.
+    """
+    shared = _shared_params(model)
+    for name, module in lora_modules(model):
+        if id(module.base.weight) in shared:
+            module.base.weight = nn.Parameter(module.base.weight.detach().clone(), requires_grad=False)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.merge())
+    return model
+
+
+def _shared_params(model: nn.Module) -> set[int]:
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, n in seen.items() if n > 1}

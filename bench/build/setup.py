@@ -1,0 +1,115 @@
+"""Build stage: everything a job needs before its first step, and nothing that trains.
+
+`setup(cfg, device)` makes the model (ours, a built Llama or a local checkpoint), loads its
+base weights, applies the strategy with the chosen backend, and makes the token source and
+the held-out batches. The job, the pretrain stage and benchmarks/overhead_interleaved.py all
+start here, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.build.checkpoint import load_weights, resolve_checkpoint
+from bench.build.data import TokenSource, make_source
+from bench.build.lora import adapter_params
+from bench.build.model import Transformer
+from bench.build.strategies import apply_strategy, get_strategy
+from bench.config import BenchConfig, ConfigError
+from bench.record.schema import ModelShape, Plan
+
+# The held-out set is drawn from its own stream, the same for every job on one language.
+EVAL_SEED_OFFSET = 10_000
+
+
+@dataclass
+class Setup:
+    model: nn.Module
+    plan: Plan
+    shape: ModelShape
+    source: TokenSource
+    adapters: dict[str, list[nn.Parameter]]  # by role, "A" and "B": LoRA+ reads B
+    eval_batches: list[torch.Tensor]
+    device: torch.device
+
+    def train_batches(self, cfg: BenchConfig, n_steps: int) -> Iterator[list[torch.Tensor]]:
+        """Each step's micro-batches, made and moved just before the step (outside its clock:
+        the timer synchronizes at start), so no run holds all of its data."""
+        t = cfg.train
+        gen = torch.Generator().manual_seed(t.seed)
+        for _ in range(n_steps):
+            yield [self.source.batch(t.batch_size, t.seq_len, gen).to(self.device) for _ in range(t.grad_accum)]
+
+
+def resolve_device(cfg: BenchConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for, but torch sees no CUDA device (use device=cpu or auto)")
+    dev = torch.device("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    if cfg.train.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError("train.precision", "fp16 needs a CUDA device (its grad scaler is CUDA-only); use bf16 or fp32")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def build_model(cfg: BenchConfig) -> nn.Module:
+    """The base model, before any strategy."""
+    if cfg.model.kind == "native":
+        return Transformer(cfg.model)
+    from bench.build import hf
+
+    return hf.build_llama(cfg.model) if cfg.model.kind == "hf_llama" else hf.load_local(cfg.model.path)
+
+
+def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:
+    if cfg.model.kind == "native":
+        m = cfg.model
+        return ModelShape(dim=m.dim, n_layers=m.n_layers, hidden=m.hidden, vocab_size=m.vocab_size,
+                          max_seq_len=m.max_seq_len)
+    from bench.build import hf
+
+    return ModelShape(**hf.shape(model))
+
+
+def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict]:
+    strategy = get_strategy(cfg.strategy.name)
+    if cfg.lora.backend == "peft":
+        from bench.build.peft_backend import apply_peft, peft_adapter_params
+
+        model, plan = apply_peft(model, strategy, cfg.lora, cfg.peft)
+        return model, plan, peft_adapter_params(model)
+    plan = apply_strategy(model, strategy, cfg.lora)
+    return model, plan, adapter_params(model)
+
+
+def setup(cfg: BenchConfig, device: torch.device) -> Setup:
+    """The model with its base weights and strategy, on `device`, and its data."""
+    model = build_model(cfg)
+    checkpoint = resolve_checkpoint(cfg) if cfg.model.checkpoint else None
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    shape = model_shape(cfg, model)
+    if shape.max_seq_len and cfg.train.seq_len > shape.max_seq_len:
+        raise ConfigError("train.seq_len", f"{cfg.train.seq_len} exceeds the model's maximum {shape.max_seq_len}")
+    encode = None
+    if cfg.model.kind == "hf" and cfg.data.name == "jsonl":
+        from bench.build.hf import local_tokenizer
+
+        encode = local_tokenizer(cfg.model.path)  # the checkpoint's own tokenizer, if it has one
+    source = make_source(cfg.data, shape.vocab_size, encode)
+    model, plan, adapters = _apply(cfg, model)
+    plan.checkpoint = None if checkpoint is None else str(checkpoint)
+    model.to(device).train()
+    t = cfg.train
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.data.seed)
+    evals = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
+    return Setup(model, plan, shape, source, adapters, evals, device)

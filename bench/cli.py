@@ -1,0 +1,88 @@
+"""Hydra glue: the command-line checks before Hydra runs anything, and the report after a sweep.
+
+Hydra reports an unknown group option or key in several lines; a user who typed
+`strategy=lora_alll` deserves one line that names the key, the value and the choices.
+Values of known keys (rank 0, an unknown precision) are the job's to refuse: it records
+them as `invalid`, so a sweep keeps its other cells.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def preflight(argv: list[str]) -> None:
+    """Exit(2) with one line if an override names an unknown group option or key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    parser = OverridesParser.create()
+    overrides = []
+    for arg in args:  # one at a time, so the message can name the one that is wrong
+        try:
+            overrides += parser.parse_overrides([arg])
+        except HydraException as e:
+            _fail(f"{arg}: {str(e).splitlines()[0]} (see Hydra's override grammar)")
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    first_values = []
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # range()/glob() sweeps: leave them to Hydra
+                continue
+        else:
+            values = [o.get_value_element_as_str()]
+        if key in groups and not o.is_delete():
+            allowed = group_options(key)
+            for v in values:
+                if v not in allowed:
+                    _fail(f"{key}={v!r} is not a known {key}; choose from: {', '.join(allowed)}")
+        first_values.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
+
+    # Unknown keys: compose once with each sweep at its first value, as the first job would.
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=first_values)
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        _fail(" ".join(lines[:2]) if lines else type(e).__name__)
+
+
+def report_sweep(sweep_dir: Path) -> None:
+    """Build a sweep's report from its records on disk (Hydra hands the callback no results);
+    a report that fails is one line on stderr, never a failed sweep."""
+    from bench.report import build_report
+
+    try:
+        print(f"report: {build_report([sweep_dir], sweep_dir / 'report')}", flush=True)
+    except Exception as e:  # the records are safe on disk; `python -m bench.report` can retry
+        print(f"error: the report of {sweep_dir} failed ({type(e).__name__}: {e}); "
+              f"rebuild it with python -m bench.report {sweep_dir}", file=sys.stderr)
+
+
+class ReportOnMultirunEnd(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        report_sweep(Path(config.hydra.sweep.dir))

@@ -1,0 +1,153 @@
+"""One job, from a composed config to its record on disk: config -> build -> measure -> record.
+
+    pretrain stage (only when model.checkpoint=auto has no base yet; its own record and clock)
+    load_config -> setup (bench/build) -> measure (bench/measure/protocol.py) -> metrics.json
+
+Every outcome is a record: invalid, diverged, oom and error are caught here, so a sweep goes
+on; an interrupt (Ctrl-C, SIGTERM) is recorded and then passed on, so the sweep stops.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.build.setup import resolve_device, seed_everything, setup
+from bench.build.strategies import STRATEGIES
+from bench.config import ConfigError, load_config
+from bench.measure.env import describe
+from bench.measure.protocol import Diverged, OutOfMemory, measure
+from bench.pretrain import ensure_base
+from bench.record.schema import Env, Identity, Outcome, Record
+from bench.record.store import METRICS, write_record
+
+# Keys that do not change what is measured, left out of the configuration key.
+_NOT_MEASURED = {("resume",), ("train", "progress")}
+
+
+def to_node(cfg: DictConfig | dict) -> dict:
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    node.pop("hydra", None)
+    return node
+
+
+def _get(node: dict, *path) -> Any:
+    cur: Any = node
+    for p in path:
+        cur = cur.get(p) if isinstance(cur, dict) else None
+    return cur
+
+
+def identity(node: dict) -> Identity:
+    """Grouping fields, read leniently from the raw config so that even an invalid job has them;
+    keys the strategy does not read are None (the strategy table says which)."""
+    strategy = STRATEGIES.get(_get(node, "strategy", "name"))
+    uses_lora = strategy is not None and strategy.uses_lora
+    head = strategy is not None and strategy.reads(("lora", "include_head"))
+    return Identity(config_key=config_key(node), strategy=_get(node, "strategy", "name"),
+                    rank=_get(node, "lora", "rank") if uses_lora else None, model=_get(node, "model", "name"),
+                    backend=_get(node, "lora", "backend") if uses_lora else None,
+                    include_head=_get(node, "lora", "include_head") if head else None,
+                    repeat=_get(node, "repeat"), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def config_key(node: dict) -> str:
+    """A stable hash of what a job measures: the resolved configuration (no output paths in it),
+    less the keys its strategy ignores, so `full` swept over lora.rank is one configuration."""
+    ignored = set(_NOT_MEASURED)
+    strategy = STRATEGIES.get(_get(node, "strategy", "name"))
+    if strategy is not None:
+        ignored |= strategy.ignored_keys()
+
+    def strip(d: dict, path=()) -> dict:
+        return {k: strip(v, path + (k,)) if isinstance(v, dict) else v
+                for k, v in d.items() if path + (k,) not in ignored}
+    return hashlib.sha256(json.dumps(strip(node), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stages(node: dict, out_dir: Path, rec: Record) -> None:
+    """The stages of an ok job; the job's clock starts after any pretraining."""
+    cfg = load_config(node)
+    device = resolve_device(cfg)
+    rec.pretrain = ensure_base(cfg)
+    t0 = time.perf_counter()
+    try:
+        rec.env = Env(**describe(device))
+        seed_everything(cfg.train.seed)
+        measure(cfg, setup(cfg, device), out_dir, rec)
+    finally:
+        if rec.time is not None:
+            rec.time.wall_s = time.perf_counter() - t0
+
+
+def run_job(cfg: DictConfig | dict, out_dir: Path) -> Record:
+    """Run one job from a composed config and write out_dir/metrics.json; returns the record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    node = to_node(cfg)
+    rec = Record(status="error", identity=identity(node), config=node)
+    # A cluster pre-empts a job with SIGTERM: treat it as Ctrl-C, so the record is written.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if main_thread else None
+    try:
+        _stages(node, out_dir, rec)
+        rec.status = "ok"
+    except ConfigError as e:
+        rec.status, rec.outcome = "invalid", Outcome(reason=str(e), key=e.key)
+    except Diverged as e:
+        rec.status, rec.outcome = "diverged", Outcome(reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
+    except OutOfMemory as e:
+        rec.status, rec.outcome = "oom", Outcome(reason=str(e), failed_step=e.step, oom_where=e.where)
+    except torch.cuda.OutOfMemoryError as e:  # before the first step: moving the model, the first eval
+        rec.status = "oom"
+        rec.outcome = Outcome(reason=f"out of cuda memory before training: {str(e).splitlines()[0]}", oom_where="cuda")
+    except KeyboardInterrupt:
+        rec.status, rec.outcome = "interrupted", Outcome(reason="interrupted by the user or a signal")
+        write_record(out_dir / METRICS, rec)
+        raise
+    except Exception as e:  # recorded, so the sweep's other jobs still run
+        rec.status = "error"
+        rec.outcome = Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    write_record(out_dir / METRICS, rec)
+    _free_memory()
+    return rec
+
+
+def _free_memory() -> None:
+    """After a failed job, the traceback's frames still hold its tensors: let them go."""
+    sys.last_traceback = sys.last_value = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def summary_line(rec: Record) -> str:
+    """The one line a job prints when it ends."""
+    i = rec.identity
+    head = f"[{rec.status}] {i.strategy}" + (f" r={i.rank}" if i.rank else "") + f" on {i.model}"
+    if rec.status != "ok":
+        return f"{head}: {rec.outcome.reason if rec.outcome else ''}"
+    t, m, p, loss = rec.time, rec.memory, rec.params, rec.loss
+    peak = m.device_peak_allocated_bytes
+    mem = f"peak {peak / 2**20:.0f} MiB allocated" if peak is not None else \
+        f"peak RSS {m.host_peak_rss_bytes / 2**20:.0f} MiB"
+    return (f"{head}: step {t.step_ms.median:.2f} ms (median), {mem}, "
+            f"trainable {p.trainable:,} ({100 * p.trainable / p.total:.2f}%), "
+            f"loss {loss.first:.3f} -> {loss.last:.3f} (eval {loss.eval_end:.3f})")

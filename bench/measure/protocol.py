@@ -1,0 +1,128 @@
+"""The measurement protocol: which steps run, in what order, and what each contributes to the record.
+
+    step 0        first   untimed; AdamW creates its state lazily here, the allocator warms up
+    step 1        count   untimed; FLOPs, operations, saved activations, gradient and optimizer-
+                          state bytes, counted in steady state; peak counters reset after it
+                  eval    loss.eval_start: the training clock starts at 0
+    warmup_steps  warmup  on the clock, not in the step statistics
+    steps         timed   on the clock and in the statistics (time.step_ms, phases)
+                  eval    loss.eval_end; then the cost model's calibration, outside every clock
+
+Counting on step 0 would include AdamW's one-off state creation: on `tiny` that is 1321 ops for
+`full` against 1251 in steady state, and it overstated LoRA's extra operations by 7%.
+Every figure is written into the record as soon as it is known, so a job that fails halfway
+keeps what it measured.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench.build.setup import Setup
+from bench.config import BenchConfig
+from bench.measure import counters, memory
+from bench.measure.calibrate import calibrate
+from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
+from bench.measure.timer import StepTimer
+from bench.measure.trainer import Trainer
+from bench.record.schema import Calibration, Memory, Params, Record, Work
+from bench.record.store import STEPS, StepLog
+
+__all__ = ["Diverged", "OutOfMemory", "measure", "step_kind"]
+UNTIMED = ("first", "count")
+
+
+class OutOfMemory(RuntimeError):
+    """The device allocator or the host memory cap refused step `step`."""
+
+    def __init__(self, step: int, where: str, detail: str):
+        self.step, self.where = step, where
+        super().__init__(f"out of {where} memory at step {step}: {detail}")
+
+
+def step_kind(i: int, warmup_steps: int) -> str:
+    return UNTIMED[i] if i < len(UNTIMED) else ("warmup" if i < len(UNTIMED) + warmup_steps else "timed")
+
+
+def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int) -> float:
+    """Step i under the counters: the work section and the memory split."""
+    with counters.StepCounts(trainer.model) as probe:
+        loss, _ = trainer.step(micro, StepTimer(micro[0].device, phases=False), probe)
+    rec.work.flops_per_step, rec.work.ops_per_step, rec.work.counted_step = probe.flops, probe.ops, i
+    m = rec.memory
+    m.weights_bytes, m.grads_bytes = counters.weights_bytes(trainer.model), probe.grads_bytes
+    m.optimizer_state_bytes = counters.optimizer_state_bytes(trainer.optimizer)
+    m.activations_bytes = probe.saved.bytes
+    return loss
+
+
+def _host_cap(cfg: BenchConfig) -> int | None:
+    gb = cfg.train.max_host_memory_gb
+    return int(gb * 2**30) if gb else None
+
+
+def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host) -> None:
+    """Every step of the protocol, each logged; evaluations between steps, untimed."""
+    t, rec, device = cfg.train, figures.rec, s.device
+    n_steps = len(UNTIMED) + t.warmup_steps + t.steps
+    timer = StepTimer(device, phases=t.phases)
+    bar = tqdm(total=n_steps, desc=cfg.strategy.name, unit="step", leave=False, file=sys.stderr,
+               disable=None if t.progress else True)
+    try:
+        for i, micro in enumerate(s.train_batches(cfg, n_steps)):
+            figures.step_now = i
+            kind = step_kind(i, t.warmup_steps)
+            if kind == "count":
+                loss, timings = _count_step(trainer, micro, rec, i), {}
+            else:
+                loss, timings = trainer.step(micro, timer if kind in ON_CLOCK else StepTimer(device, False))
+            log.write(figures.on_step(i, kind, loss, timings))
+            if kind == "count":
+                # The counters held extra references: peaks start after them.
+                memory.reset_peaks(device)
+                host.reset()
+                figures.on_eval(trainer.evaluate(s.eval_batches))
+            elif kind in ON_CLOCK and t.eval_every and i + 1 < n_steps and (i - 1) % t.eval_every == 0:
+                figures.on_eval(trainer.evaluate(s.eval_batches))
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
+    """Run the protocol on a built job, filling `rec` (its plan, params, work, memory, time,
+    loss and calibration sections). Raises Diverged or OutOfMemory with the failing step."""
+    t = cfg.train
+    rec.plan, rec.model_shape = s.plan, s.shape
+    rec.params = Params(**counters.param_counts(s.model))
+    rec.work = Work(tokens_per_step=t.batch_size * t.seq_len * t.grad_accum)
+    rec.memory = Memory()
+    figures = JobFigures(rec, rec.work.tokens_per_step, s.source.floor, t.target_loss)
+    trainer = Trainer(s.model, cfg, s.adapters["B"])
+    host = memory.HostPeak()
+    memory.reset_peaks(s.device)
+    host.reset()
+    guard = memory.HostMemoryGuard(_host_cap(cfg))
+    try:
+        with StepLog(out_dir / STEPS) as log, guard:
+            _train(cfg, s, trainer, figures, log, host)
+    except KeyboardInterrupt:
+        if guard.tripped_at is None:
+            raise
+        raise OutOfMemory(figures.step_now, "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed "
+                          f"train.max_host_memory_gb={t.max_host_memory_gb}") from None
+    except torch.cuda.OutOfMemoryError as e:
+        raise OutOfMemory(figures.step_now, "cuda", str(e).splitlines()[0]) from None
+    finally:  # whatever happened, keep what was measured up to here
+        figures.close()
+        for k, v in memory.device_peaks(s.device).items():
+            setattr(rec.memory, k, v)
+        rec.memory.nvml_used_bytes = memory.nvml_used_bytes(s.device)
+        rec.memory.host_peak_rss_bytes, rec.memory.host_peak_since_reset = host.peak(), host.since_reset
+    figures.on_eval(trainer.evaluate(s.eval_batches), final=True)
+    # After the timed steps, so the microbenchmark cannot disturb them.
+    hidden = s.shape.hidden or 4 * s.shape.dim
+    rec.calibration = Calibration(**calibrate(s.device, t.precision, t.batch_size * t.seq_len, s.shape.dim, hidden))

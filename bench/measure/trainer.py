@@ -1,0 +1,95 @@
+"""The trainer's step: forward, backward and the optimizer update over one step's micro-batches.
+
+`Trainer.step` is the loop body that gets timed; it returns `(loss, timings)`. It knows nothing
+of records, counting or warm-up: that is the measurement protocol's (bench/measure/protocol.py).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.config import BenchConfig
+from bench.measure import counters
+from bench.measure.timer import StepTimer
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def param_groups(model: nn.Module, lr: float, lr_ratio: float, b_params: list[nn.Parameter]) -> list[dict]:
+    """AdamW groups; with LoRA+ (lr_ratio != 1), the B matrices learn lr_ratio times faster than A.
+    `b_params` comes from the adapter layers themselves (their adapter_params()), not from names."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if lr_ratio == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    is_b = {id(p) for p in b_params}
+    b = [p for p in trainable if id(p) in is_b]
+    rest = [p for p in trainable if id(p) not in is_b]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
+
+
+class Trainer:
+    """The model and its optimizer; `step()` is one optimizer step."""
+
+    def __init__(self, model: nn.Module, cfg: BenchConfig, b_params: list[nn.Parameter]):
+        t = cfg.train
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(param_groups(model, t.lr, cfg.lora.lr_ratio, b_params),
+                                           lr=t.lr, weight_decay=t.weight_decay)
+        device_type = next(model.parameters()).device.type
+        self.autocast = (torch.autocast(device_type, dtype=_DTYPES[t.precision])
+                         if t.precision in _DTYPES else nullcontext())
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        self.clip = t.grad_clip
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            logits = self.model(batch[:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+
+    def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None) -> tuple[float, dict]:
+        """One optimizer step over `micro_batches`; returns the mean loss and the timer's figures.
+
+        `probe` (the counting step only) gets the saved-tensor context for the first micro-batch
+        and the gradient bytes before the optimizer frees them.
+        """
+        n = len(micro_batches)
+        losses = []
+        timer.start()
+        for i, batch in enumerate(micro_batches):
+            with probe.saved.active() if probe is not None and i == 0 else nullcontext():
+                loss = self.loss(batch)
+                timer.mark("forward")
+            scaled = loss / n if n > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            timer.mark("backward")
+            losses.append(loss)
+        if probe is not None:
+            probe.grads_bytes = counters.grads_bytes(self.model)
+        self._update()
+        timer.mark("optimizer")
+        timings = timer.stop()
+        # Read the loss after the clock stops: .item() would sync inside the step.
+        return sum(float(x.detach()) for x in losses) / n, timings
+
+    def _update(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[torch.Tensor]) -> float:
+        self.model.eval()
+        loss = sum(float(self.loss(b)) for b in batches) / len(batches)
+        self.model.train()
+        return loss

@@ -1,0 +1,280 @@
+"""The job record (metrics.json), as typed sections.
+
+One record per job, whatever happened to it. `Record.to_json()` writes it, `Record.from_json()`
+reads it back with every field checked against its type, so the analysis reads attributes,
+never `.get(...)` with a silent default. Schema 1 records (before the sections were typed)
+are upgraded on read; an unknown schema is refused with one line.
+
+This module is plain Python on purpose: the analysis side imports it, and must not reach torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SCHEMA = 2
+STATUSES = ("ok", "invalid", "oom", "diverged", "interrupted", "error", "duplicate")
+
+
+class RecordError(ValueError):
+    """A metrics.json that is not a record this code can read; str(e) is one line."""
+
+
+@dataclass
+class Identity:
+    """What a job is, in the terms the report groups and labels by."""
+    config_key: str
+    strategy: Optional[str] = None
+    rank: Optional[int] = None           # None where the strategy uses no LoRA
+    model: Optional[str] = None
+    backend: Optional[str] = None        # None where the strategy uses no LoRA
+    include_head: Optional[bool] = None  # None where the strategy ignores lora.include_head
+    repeat: Optional[int] = None
+    started: Optional[str] = None
+
+
+@dataclass
+class Outcome:
+    """Why a job did not end ok (or, for `duplicate`, where its measurement is)."""
+    reason: Optional[str] = None
+    key: Optional[str] = None               # invalid: the config key at fault
+    failed_step: Optional[int] = None       # oom, diverged
+    last_finite_loss: Optional[float] = None
+    oom_where: Optional[str] = None         # cuda | host
+    traceback: Optional[list[str]] = None   # error: the last frames
+    same_as: Optional[str] = None           # duplicate: the job directory that measured it
+
+
+@dataclass
+class Env:
+    torch: str
+    python: str
+    device: str
+    device_name: str
+    cuda: Optional[str]
+    cpu: str
+    cpu_count: Optional[int]
+    threads: int
+    hostname: str
+    git_commit: Optional[str]
+    machine: str  # the label reports group by: a comparison is fair only on one machine
+
+
+@dataclass
+class Plan:
+    """What the strategy did to the model: the facts the analysis needs, so it never reads the table."""
+    strategy: str
+    uses_lora: bool
+    backward_stops_early: bool  # nothing in the first block trains: backward ends before the input
+    lora_scale: Optional[float]
+    adapted: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checkpoint: Optional[str] = None  # the base weights the job started from
+
+
+@dataclass
+class ModelShape:
+    dim: Optional[int]
+    n_layers: Optional[int]
+    hidden: Optional[int]
+    vocab_size: Optional[int]
+    max_seq_len: Optional[int]
+
+
+@dataclass
+class Params:
+    total: int
+    trainable: int
+
+
+@dataclass
+class Work:
+    """Counted on one untimed step in steady state (after the optimizer created its state)."""
+    tokens_per_step: int
+    flops_per_step: Optional[int] = None
+    ops_per_step: Optional[int] = None
+    counted_step: Optional[int] = None
+
+
+@dataclass
+class Memory:
+    weights_bytes: Optional[int] = None
+    grads_bytes: Optional[int] = None
+    optimizer_state_bytes: Optional[int] = None
+    activations_bytes: Optional[int] = None
+    device_peak_allocated_bytes: Optional[int] = None
+    device_peak_reserved_bytes: Optional[int] = None
+    nvml_used_bytes: Optional[int] = None
+    host_peak_rss_bytes: Optional[int] = None
+    host_peak_since_reset: Optional[bool] = None
+
+
+@dataclass
+class Stats:
+    median: Optional[float] = None
+    mean: Optional[float] = None
+    p10: Optional[float] = None
+    p90: Optional[float] = None
+    std: Optional[float] = None
+
+
+@dataclass
+class Time:
+    """`train_s` is the training clock: the wall time of every step from `loss.eval_start` on
+    (warm-up and timed steps). Loss rates, `elapsed_s` and `to_target_s` all use it.
+    `timed_s` is the timed steps' share, the sample behind `step_ms`."""
+    wall_s: Optional[float] = None
+    train_s: Optional[float] = None
+    timed_s: Optional[float] = None
+    timed_steps: int = 0
+    tokens_per_s: Optional[float] = None
+    step_ms: Stats = field(default_factory=Stats)
+    forward_ms: Stats = field(default_factory=Stats)
+    backward_ms: Stats = field(default_factory=Stats)
+    optimizer_ms: Stats = field(default_factory=Stats)
+    to_target_s: Optional[float] = None
+    steps_to_target: Optional[int] = None
+
+
+@dataclass
+class Loss:
+    floor: Optional[float] = None
+    first: Optional[float] = None       # training loss of the first step
+    last: Optional[float] = None        # training loss of the last step
+    eval_start: Optional[float] = None  # when the training clock starts
+    eval_end: Optional[float] = None
+
+
+@dataclass
+class EvalPoint:
+    step: int
+    elapsed_s: float
+    eval_loss: Optional[float]  # null where the loss was not finite
+
+
+@dataclass
+class Calibration:
+    matmul_flops_per_s: float
+    op_overhead_s: float
+    matmul_shape: list[int]
+    precision: str
+
+
+@dataclass
+class Record:
+    status: str
+    identity: Identity
+    config: dict
+    schema: int = SCHEMA
+    outcome: Optional[Outcome] = None
+    env: Optional[Env] = None
+    plan: Optional[Plan] = None
+    model_shape: Optional[ModelShape] = None
+    params: Optional[Params] = None
+    work: Optional[Work] = None
+    memory: Optional[Memory] = None
+    time: Optional[Time] = None
+    loss: Optional[Loss] = None
+    eval_curve: list[EvalPoint] = field(default_factory=list)
+    calibration: Optional[Calibration] = None
+    pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, node: Any) -> "Record":
+        """A typed record from parsed JSON; RecordError (one line) if it is not one."""
+        if not isinstance(node, dict):
+            raise RecordError("not a JSON object")
+        schema = node.get("schema")
+        if schema == 1:
+            node = upgrade_1(node)
+        elif schema != SCHEMA:
+            raise RecordError(f"schema {schema!r} is not one this version reads (1 or {SCHEMA})")
+        rec = _decode(cls, node, "")
+        if rec.status not in STATUSES:
+            raise RecordError(f"status: {rec.status!r} is not one of {', '.join(STATUSES)}")
+        return rec
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    """`value` checked against the type hint `tp`; RecordError names the field at fault."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecordError(f"{where.rstrip('.') or 'record'}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise RecordError(f"{where}{unknown[0]}: unknown field")
+        out = {}
+        for name, f in fields.items():
+            if name in value:
+                out[name] = _decode(hints[name], value[name], f"{where}{name}.")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecordError(f"{where}{name}: missing")
+        return tp(**out)
+    key = where.rstrip(".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _decode(inner, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecordError(f"{key}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_decode(item, v, f"{key}[{i}].") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, dict)}[tp]
+    if not ok(value):
+        raise RecordError(f"{key}: expected {tp.__name__}, got {value!r:.40}")
+    return float(value) if tp is float else value
+
+
+# Schema 1 -------------------------------------------------------------------------------------
+# Facts about the strategies as they stood when schema-1 records were written: lora_all was the
+# only strategy that read lora.include_head, and lora_last and head_only stopped backward early
+# (as does any LoRA restricted by lora.layers). New records carry these facts in their plan.
+_V1_EARLY_STOP = {"lora_last", "head_only"}
+_V1_OUTCOME = ("reason", "key", "failed_step", "last_finite_loss", "oom_where", "traceback", "same_as")
+
+
+def upgrade_1(old: dict) -> dict:
+    """A schema-1 record rewritten as schema 2, with the same figures."""
+    cfg = old.get("config") or {}
+    lora = cfg.get("lora") or {}
+    strategy, rank = old.get("strategy"), old.get("rank")
+    new = {"schema": SCHEMA, "status": old.get("status"), "config": cfg,
+           "identity": {"config_key": old.get("config_key") or "", "strategy": strategy, "rank": rank,
+                        "model": old.get("model"), "backend": lora.get("backend", "native") if rank else None,
+                        "include_head": lora.get("include_head") if strategy == "lora_all" else None,
+                        "repeat": cfg.get("repeat"), "started": old.get("started")}}
+    outcome = {k: old[k] for k in _V1_OUTCOME if k in old}
+    if outcome:
+        new["outcome"] = outcome
+    for section in ("env", "model_shape", "params", "memory", "loss", "calibration", "eval_curve"):
+        if section in old:
+            new[section] = old[section]
+    if "plan" in old:
+        p = old["plan"]
+        new["plan"] = {**p, "strategy": strategy, "uses_lora": bool(p.get("adapted")),
+                       "backward_stops_early": strategy in _V1_EARLY_STOP or bool(rank and lora.get("layers"))}
+    if "work" in old:
+        new["work"] = {**old["work"], "counted_step": 0}  # schema 1 counted on the first step
+    if "time" in old:
+        t = dict(old["time"])
+        t["timed_s"] = t.get("train_s")  # schema 1's train_s was the timed steps' time only
+        new["time"] = t
+    return new

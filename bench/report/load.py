@@ -1,0 +1,150 @@
+"""Load job records into pandas, one row per record.
+
+Every job directory gives a row: a record that cannot be read is a row with status
+`unreadable`, a job directory with no record is `missing`; neither stops anything.
+Records are read through the typed schema (bench/record/schema.py), so every figure here is
+an attribute of a checked section; only the recorded configuration is a free-form mapping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.record.schema import Identity, Record, RecordError
+from bench.record.store import METRICS, read_record
+
+# What makes two records comparable: same model shape, data, batch, precision and machine.
+SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "machine"]
+# Keys that may vary between rows of one setting; those that do, label the rows.
+VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
+                "lr_ratio", "lr", "phases", "backend"]
+# LoRA keys that label a row only where the strategy uses LoRA.
+_LORA_KEYS = ("layers", "targets", "dropout", "init", "alpha", "rslora", "lr_ratio")
+
+
+def config_value(rec: Record, dotted: str) -> Any:
+    """A value of the configuration the job ran with; None where that configuration had no such
+    key (records older than the key, or a job refused before its configuration was complete)."""
+    cur: Any = rec.config
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None else str(v)  # lists as one hashable value
+
+
+def _sections(rec: Record) -> dict:
+    """The measured figures: every field of the typed sections, None where a section is absent."""
+    t, m, w, p, loss, cal = rec.time, rec.memory, rec.work, rec.params, rec.loss, rec.calibration
+    a = lambda obj, name: None if obj is None else getattr(obj, name)  # noqa: E731
+    med = lambda name: None if t is None else getattr(t, name).median  # noqa: E731
+    return {
+        "tokens_per_step": a(w, "tokens_per_step"), "flops_per_step": a(w, "flops_per_step"),
+        "ops_per_step": a(w, "ops_per_step"),
+        "step_ms": med("step_ms"), "step_p10_ms": None if t is None else t.step_ms.p10,
+        "step_p90_ms": None if t is None else t.step_ms.p90,
+        "forward_ms": med("forward_ms"), "backward_ms": med("backward_ms"), "optimizer_ms": med("optimizer_ms"),
+        "tokens_per_s": a(t, "tokens_per_s"), "train_s": a(t, "train_s"), "wall_s": a(t, "wall_s"),
+        "to_target_s": a(t, "to_target_s"), "steps_to_target": a(t, "steps_to_target"),
+        "device_peak_bytes": a(m, "device_peak_allocated_bytes"), "host_peak_rss_bytes": a(m, "host_peak_rss_bytes"),
+        "weights_bytes": a(m, "weights_bytes"), "grads_bytes": a(m, "grads_bytes"),
+        "optimizer_state_bytes": a(m, "optimizer_state_bytes"), "activations_bytes": a(m, "activations_bytes"),
+        "params_total": a(p, "total"), "params_trainable": a(p, "trainable"),
+        "loss_first": a(loss, "first"), "loss_last": a(loss, "last"), "eval_start": a(loss, "eval_start"),
+        "eval_end": a(loss, "eval_end"), "loss_floor": a(loss, "floor"),
+        "matmul_flops_per_s": a(cal, "matmul_flops_per_s"), "op_overhead_s": a(cal, "op_overhead_s"),
+    }
+
+
+def flatten(rec: Record, path: Path) -> dict:
+    i, o, plan = rec.identity, rec.outcome, rec.plan
+    shape = rec.model_shape
+    uses_lora = plan.uses_lora if plan is not None else i.rank is not None
+    lora = {k: (_text if k in ("layers", "targets") else (lambda v: v))(config_value(rec, f"lora.{k}"))
+            if uses_lora else None for k in _LORA_KEYS}
+    return {
+        "path": str(path.parent), "status": rec.status, "reason": o and o.reason,
+        "failed_step": o and o.failed_step, "same_as": o and o.same_as, "config_key": i.config_key,
+        "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
+        "include_head": i.include_head, "repeat": i.repeat,
+        "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
+        "dim": shape.dim if shape else config_value(rec, "model.dim"),
+        "n_layers": shape.n_layers if shape else config_value(rec, "model.n_layers"),
+        "data": config_value(rec, "data.name"), "batch_size": config_value(rec, "train.batch_size"),
+        "seq_len": config_value(rec, "train.seq_len"), "grad_accum": config_value(rec, "train.grad_accum"),
+        "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
+        "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
+        **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec),
+    }
+
+
+COLUMNS = list(flatten(Record(status="error", identity=Identity(config_key=""), config={}), Path("x/m.json")))
+
+
+def _job_dirs(root: Path):
+    """Directories that hold a record, or that Hydra made for a job (.hydra/) and got none."""
+    found = {p.parent for p in root.rglob(METRICS)} | {p.parent for p in root.rglob(".hydra")}
+    return sorted(found, key=lambda d: [int(x) if x.isdigit() else x for x in d.parts])
+
+
+def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
+    rows = []
+    for d in map(Path, dirs):
+        for job in ([d.parent] if d.is_file() else _job_dirs(d)):
+            path = job / METRICS
+            if not path.exists():
+                rows.append({"path": str(job), "status": "missing", "reason": "the job left no metrics.json"})
+                continue
+            try:
+                rows.append(flatten(read_record(path), path))
+            except RecordError as e:
+                rows.append({"path": str(job), "status": "unreadable", "reason": str(e)})
+                if warn:
+                    warn(f"skipped: {e}")
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = None
+    return df
+
+
+def variant_label(row, keys: list[str]) -> str:
+    """'lora_all r=8' plus any other key that varies within the setting."""
+    parts = [str(row["strategy"])]
+    if pd.notna(row.get("rank")):
+        parts.append(f"r={int(row['rank'])}")
+    for k in keys:
+        if k != "rank" and pd.notna(row.get(k)):
+            parts.append(f"{k}={row[k]}")
+    return " ".join(parts)
+
+
+def varying_keys(df: pd.DataFrame) -> list[str]:
+    return [k for k in VARIANT_KEYS if k in df and df[k].dropna().astype(str).nunique() > 1]
+
+
+def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Add time, FLOP and op ratios to the median `full` record of the same setting."""
+    df = df.copy()
+    ok = df[df.status == "ok"]
+    base = ok[ok.strategy == "full"].groupby(SETTING, dropna=False)[
+        ["step_ms", "flops_per_step", "ops_per_step"]].median()
+    base.columns = [f"full_{c}" for c in base.columns]
+    df = df.merge(base, left_on=SETTING, right_index=True, how="left")
+    for c in ("step_ms", "flops_per_step", "ops_per_step"):
+        df[f"{c.split('_')[0]}_vs_full"] = df[c] / df[f"full_{c}"]
+    return df
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs the tabulate package)."""
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                               for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines)

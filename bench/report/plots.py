@@ -1,0 +1,171 @@
+"""The report's plots, each saved as PNG and SVG. One colour per strategy in every plot
+(Okabe-Ito, safe for colour-blind readers); full fine-tuning is always black."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.record.store import METRICS, STEPS, read_record, read_steps  # noqa: E402
+
+# Okabe-Ito; the most distinct colours go to the strategies most often compared. A strategy not
+# listed gets grey (tests/test_architecture.py checks that every strategy of the table is here).
+COLOURS = {"full": "#000000", "lora_all": "#E69F00", "lora_qk": "#56B4E9", "lora_last": "#009E73",
+           "head_only": "#999999", "lora_qv": "#0072B2", "lora_attn": "#D55E00", "lora_ffn": "#CC79A7",
+           "lora_square": "#8C7A00"}
+MIB = 2 ** 20
+
+
+def colour(strategy: str) -> str:
+    return COLOURS.get(strategy, "#666666")
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    fig.tight_layout()
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def step_time_vs_rank(agg: pd.DataFrame, title: str, out: Path, name: str) -> list[Path]:
+    """Step time against rank, one line per LoRA strategy; non-LoRA strategies as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    lora = agg[agg["rank"].notna()]
+    for strategy, g in lora.groupby("strategy", sort=False):
+        g = g.sort_values("rank")
+        err = [g.step_ms - g.spread_lo, g.spread_hi - g.step_ms]
+        ax.errorbar(g["rank"], g.step_ms, yerr=err, marker="o", capsize=3, color=colour(strategy), label=strategy)
+    for _, r in agg[agg["rank"].isna()].iterrows():
+        ax.axhline(r.step_ms, color=colour(r.strategy), ls="-" if r.strategy == "full" else "--", lw=1.5,
+                   label=f"{r.label} (no rank)")
+        ax.axhspan(r.spread_lo, r.spread_hi, color=colour(r.strategy), alpha=0.08)
+    if lora["rank"].nunique() > 1:
+        ax.set_xscale("log", base=2)
+    if not lora.empty:
+        ax.set_xticks(sorted(lora["rank"].unique()), [str(int(r)) for r in sorted(lora["rank"].unique())])
+    ax.set_xlabel("LoRA rank")
+    ax.set_ylabel("median step time (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Step time; above the black line is slower than full fine-tuning\n{title}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    return _save(fig, out, name)
+
+
+def _stacked(agg: pd.DataFrame, columns: list[tuple[str, str, str]], scale: float, ylabel: str,
+             title: str, out: Path, name: str) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(agg) + 2), 4.4))
+    x = np.arange(len(agg))
+    bottom = np.zeros(len(agg))
+    for col, label, shade in columns:
+        vals = agg[col].fillna(0).to_numpy(dtype=float) / scale
+        ax.bar(x, vals, bottom=bottom, color=shade, edgecolor=[colour(s) for s in agg.strategy], linewidth=1.5,
+               label=label)
+        bottom += vals
+    ax.set_xticks(x, agg.label, rotation=30, ha="right", fontsize=8)
+    for tick, s in zip(ax.get_xticklabels(), agg.strategy):
+        tick.set_color(colour(s))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out, name)
+
+
+def time_split(agg, title, out, name):
+    cols = [("forward_ms", "forward", "#9ecae1"), ("backward_ms", "backward", "#4292c6"),
+            ("optimizer_ms", "optimizer", "#fdae6b")]
+    return _stacked(agg, cols, 1.0, "median time per step (ms)", f"Where the time goes\n{title}", out, name)
+
+
+def memory_split(agg, title, out, name):
+    cols = [("weights_bytes", "weights", "#d9d9d9"), ("grads_bytes", "gradients", "#fdae6b"),
+            ("optimizer_state_bytes", "optimizer state", "#e6550d"),
+            ("activations_bytes", "saved activations", "#6baed6")]
+    peak = agg.memory_split_bytes.max() if len(agg) else 0
+    scale, unit = (2 ** 30, "GiB") if peak > 4 * 2 ** 30 else (MIB, "MiB")
+    return _stacked(agg, cols, scale, f"memory ({unit})", f"Where the memory goes\n{title}", out, name)
+
+
+def shade(hex_colour: str, i: int, n: int) -> tuple:
+    """Variant i of n of one strategy: its colour from darker to lighter, so the family stays."""
+    rgb = np.array(matplotlib.colors.to_rgb(hex_colour))
+    if n <= 1:
+        return tuple(rgb)
+    t = i / (n - 1)  # 0: darker, 1: lighter
+    dark, light = rgb * 0.55, rgb + (1 - rgb) * 0.55
+    return tuple(dark * (1 - t) + light * t)
+
+
+def _curve(path: str) -> tuple[list[float], list[float], str]:
+    """Eval loss over training time where the job evaluated during training, else training loss."""
+    curve = read_record(Path(path) / METRICS).eval_curve
+    if len(curve) > 2:
+        return [c.elapsed_s for c in curve], [c.eval_loss for c in curve], "eval"
+    rows = [s for s in read_steps(Path(path) / STEPS) if s.get("elapsed_s") is not None]
+    return [s["elapsed_s"] for s in rows], [s["loss"] for s in rows], "training"
+
+
+def loss_vs_time(agg: pd.DataFrame, title: str, out: Path, name: str) -> list[Path]:
+    """Loss against training wall-clock time (first repeat of each configuration)."""
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    styles = ["-", "--", ":", "-."]
+    counts = agg.strategy.value_counts().to_dict()
+    seen: dict[str, int] = {}
+    kinds, floor = set(), None
+    for _, r in agg.iterrows():
+        x, y, kind = _curve(r.paths[0])
+        if not x:
+            continue
+        kinds.add(kind)
+        i = seen.get(r.strategy, 0)
+        seen[r.strategy] = i + 1
+        ax.plot(x, y, color=shade(colour(r.strategy), i, counts[r.strategy]), ls=styles[i % len(styles)],
+                lw=1.6 if kind == "eval" else 1.0, marker="o" if kind == "eval" else None, ms=3, label=r.label)
+        floor = r.loss_floor if r.loss_floor == r.loss_floor else floor
+    if floor is not None:
+        ax.axhline(floor, color="#777777", ls=":", lw=1, label="loss floor (entropy rate)")
+    which = " and ".join(sorted(kinds)) or "training"
+    ax.set_xlabel("training time (s, warm-up and timed steps)")
+    ax.set_ylabel(f"{which} loss (nats/token)")
+    ax.set_title(f"Loss against wall-clock time\n{title}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    return _save(fig, out, name)
+
+
+def crossover(cells: pd.DataFrame, strategy: str, out: Path, name: str) -> list[Path]:
+    """t_lora / t_full over model width x tokens per step, with the 1.0 contour.
+
+    `cells`: columns dim, tokens_per_step, ratio (NaN where a side failed) and status text.
+    """
+    dims = sorted(cells.dim.unique())
+    toks = sorted(cells.tokens_per_step.unique())
+    grid = np.full((len(dims), len(toks)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.3 * len(toks) + 3, 0.8 * len(dims) + 2.5))
+    for _, c in cells.iterrows():
+        i, j = dims.index(c.dim), toks.index(c.tokens_per_step)
+        grid[i, j] = c.ratio
+    lim = max(1.5, np.nanmax(np.abs(np.log2(grid)))) if np.isfinite(grid).any() else 1.0
+    im = ax.imshow(np.log2(grid), cmap="PuOr_r", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+    for _, c in cells.iterrows():
+        i, j = dims.index(c.dim), toks.index(c.tokens_per_step)
+        text = f"{c.ratio:.2f}" if c.ratio == c.ratio else str(c.note)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    if len(dims) > 1 and len(toks) > 1 and np.isfinite(grid).all():
+        ax.contour(np.log2(grid), levels=[0.0], colors="black", linewidths=1.5)
+    ax.set_xticks(range(len(toks)), [str(int(t)) for t in toks])
+    ax.set_yticks(range(len(dims)), [str(int(d)) for d in dims])
+    ax.set_xlabel("tokens per step")
+    ax.set_ylabel("model width (dim)")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("log2(t_lora / t_full): above 0 LoRA is slower")
+    ax.set_title(f"{strategy} against full fine-tuning; black line: equal time", fontsize=9)
+    return _save(fig, out, name)

@@ -1,0 +1,215 @@
+"""The report: when LoRA is slower than full fine-tuning, and why (report.md, report.html,
+summary.csv and the plots). A failed, missing or unreadable record is listed as such and never
+stops the report. The command line is bench/report/__main__.py.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html as html_lib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report import plots
+from bench.report.explain import aggregate, explain, settings, verdict
+from bench.report.load import load_records, markdown, with_ratios
+
+MIB = 2 ** 20
+
+# A block of the report: ("h2", text) | ("p", text) | ("ul", [text]) | ("table", DataFrame) | ("img", name, alt)
+Block = tuple
+
+
+def _f(x, spec=".2f", scale=1.0, suffix=""):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return format(x / scale, spec) + suffix
+
+
+def _setting_title(s: dict) -> str:
+    accum = "" if s["grad_accum"] in (1, None) else f" x accum {s['grad_accum']}"
+    return (f"{s['model']} (dim {_f(s['dim'], '.0f')}, {_f(s['n_layers'], '.0f')} layers), data={s['data']}, "
+            f"batch {_f(s['batch_size'], '.0f')} x seq {_f(s['seq_len'], '.0f')}{accum}, {s['precision']}, "
+            f"on {s['machine']}")
+
+
+def _tables(agg: pd.DataFrame) -> list[Block]:
+    full = agg[agg.strategy == "full"]
+    ref = full.iloc[0] if not full.empty else None
+    peak_kind = "peak device MiB" if agg.device_peak_bytes.notna().any() else "peak host RSS MiB"
+    peak = agg.device_peak_bytes if agg.device_peak_bytes.notna().any() else agg.host_peak_rss_bytes
+    timing = pd.DataFrame({
+        "configuration": agg.label,
+        "step ms": [_f(x) for x in agg.step_ms],
+        "spread ms": [f"{_f(a)}-{_f(b)}" for a, b in zip(agg.spread_lo, agg.spread_hi)],
+        "repeats": agg.repeats,
+        "vs full": [_f(x, ".2f", suffix="x") for x in agg.get("vs_full", [np.nan] * len(agg))],
+        "predicted vs full": [_f(x, ".2f", suffix="x") for x in agg.get("predicted_vs_full", [np.nan] * len(agg))],
+        "tokens/s": [_f(x, ",.0f") for x in agg.tokens_per_s],
+        "forward ms": [_f(x) for x in agg.forward_ms],
+        "backward ms": [_f(x) for x in agg.backward_ms],
+        "optimizer ms": [_f(x) for x in agg.optimizer_ms],
+    })
+    work = pd.DataFrame({
+        "configuration": agg.label,
+        peak_kind: [_f(x, ".1f", MIB) for x in peak],
+        "weights MiB": [_f(x, ".2f", MIB) for x in agg.weights_bytes],
+        "gradients MiB": [_f(x, ".2f", MIB) for x in agg.grads_bytes],
+        "optimizer state MiB": [_f(x, ".3f", MIB) for x in agg.optimizer_state_bytes],
+        "optimizer state bytes": [_f(x, ",.0f") for x in agg.optimizer_state_bytes],
+        "activations MiB": [_f(x, ".2f", MIB) for x in agg.activations_bytes],
+        "trainable": [f"{_f(t, ',.0f')} ({_f(100 * t / n, '.2f')}%)" for t, n in zip(agg.params_trainable,
+                                                                                     agg.params_total)],
+        "GFLOP/step": [_f(x, ".3f", 1e9) for x in agg.flops_per_step],
+        "FLOPs vs full": [_f(x) for x in agg.get("flops_vs_full", [np.nan] * len(agg))],
+        "ops/step": [_f(x, ",.0f") for x in agg.ops_per_step],
+        "ops vs full": [_f(x) for x in agg.get("ops_vs_full", [np.nan] * len(agg))],
+    })
+    loss = pd.DataFrame({
+        "configuration": agg.label,
+        "train loss (last step)": [_f(x, ".3f") for x in agg.loss_last],
+        "eval loss": [_f(x, ".3f") for x in agg.eval_end],
+        "gap to floor": [_f(a - b, ".3f") if b == b else "" for a, b in zip(agg.eval_end, agg.loss_floor)],
+        "eval loss gain per s": [_f(x, ".4f") for x in agg.loss_gain_per_s],
+    })
+    if agg.target_loss.notna().any():  # train.target_loss was set: how long each took to reach it
+        target = agg.target_loss.dropna().iloc[0]
+        loss[f"time to eval {target:g} (s)"] = [_f(x, ".2f") if x == x else "not reached" for x in agg.to_target_s]
+        loss["steps to it"] = [_f(x, ".0f") if x == x else "" for x in agg.steps_to_target]
+    blocks = [("h3", "Time"), ("table", timing), ("h3", "Memory and work"), ("table", work),
+              ("h3", "Loss"), ("table", loss)]
+    if ref is not None:
+        cal = (f"Cost model constants, measured on this machine: matmul {ref.matmul_flops_per_s / 1e9:.1f} GFLOP/s, "
+               f"{ref.op_overhead_s * 1e6:.2f} us per operation." if ref.matmul_flops_per_s == ref.matmul_flops_per_s
+               else "No calibration in these records: the cost model is not available.")
+        blocks.insert(0, ("p", cal))
+    return blocks
+
+
+def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
+    """The crossover map, where records span more than one width or tokens-per-step value."""
+    family = ["model", "data", "precision", "machine"]
+    blocks = []
+    rec = df[df.status.isin(["ok", "oom", "diverged", "invalid", "error"]) & df.dim.notna()]
+    for n, (key, g) in enumerate(rec.groupby(family, dropna=False, sort=False)):
+        if g.dim.nunique() < 2 and g.tokens_per_step.nunique() < 2:
+            continue
+        full = g[(g.strategy == "full") & (g.status == "ok")].groupby(["dim", "tokens_per_step"]).step_ms.median()
+        for label, lg in g[g["rank"].notna()].groupby(["strategy", "rank"], sort=False):
+            cells = []
+            for (dim, tok), c in lg.groupby(["dim", "tokens_per_step"]):
+                okc = c[c.status == "ok"]
+                base = full.get((dim, tok), np.nan)
+                ratio = okc.step_ms.median() / base if not okc.empty else np.nan
+                note = "" if ratio == ratio else ("full missing" if okc.size else "/".join(sorted(set(c.status))))
+                cells.append({"dim": dim, "tokens_per_step": tok, "ratio": ratio, "note": note.upper()
+                              if note == "oom" else note})
+            name = f"crossover_{n}_{label[0]}_r{int(label[1])}"
+            plots.crossover(pd.DataFrame(cells), f"{label[0]} r={int(label[1])}", out, name)
+            blocks += [("h3", f"Crossover: {label[0]} r={int(label[1])} ({', '.join(map(str, key))})"),
+                       ("img", name, f"crossover map of {label[0]} r={int(label[1])}")]
+    if blocks:
+        blocks.insert(0, ("h2", "Crossover: where LoRA stops being slower"))
+        blocks.insert(1, ("p", "Each cell: median step time of the LoRA configuration divided by full "
+                               "fine-tuning's, at that model width and tokens per step. Above 1, LoRA is slower."))
+    return blocks
+
+
+def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
+    """Read every record under `dirs`, write the report into `out`; returns report.md's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_records(dirs)
+    blocks: list[Block] = [("h1", "lora-bench report"),
+                           ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
+                                 f"under {', '.join(str(d) for d in dirs)}; built "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")]
+    if not df.empty:
+        with_ratios(df).to_csv(out / "summary.csv", index=False)
+    else:
+        pd.DataFrame(columns=["path", "status", "reason"]).to_csv(out / "summary.csv", index=False)
+    for n, (setting, g) in enumerate(settings(df)):
+        agg = aggregate(g)
+        title = _setting_title(setting)
+        blocks += [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
+        blocks += _tables(agg)
+        full = agg[agg.strategy == "full"]
+        if not full.empty:
+            blocks.append(("h3", "Why"))
+            blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
+        suffix = f"_{n + 1}" if n else ""
+        for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
+                         ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
+            try:
+                fn(agg, title, out, kind + suffix)
+                blocks.append(("img", kind + suffix, kind.replace("_", " ")))
+            except Exception as e:  # one plot must not cost the whole report
+                blocks.append(("p", f"The {kind.replace('_', ' ')} plot failed: {type(e).__name__}: {e}"))
+    blocks += _crossover_blocks(df, out)
+    failed = df[~df.status.isin(["ok", "duplicate"])]
+    blocks.append(("h2", "Records that did not end ok"))
+    if failed.empty:
+        blocks.append(("p", "None: every job ended ok."))
+    else:
+        blocks.append(("table", pd.DataFrame({
+            "job": failed.path, "status": failed.status,
+            "configuration": [" ".join(str(x) for x in (s, f"r={int(r)}" if r == r and r is not None else "")
+                                       if x) for s, r in zip(failed.strategy, failed["rank"])],
+            "failed at step": [_f(x, ".0f") for x in failed.failed_step],
+            "reason": failed.reason.fillna("")})))
+    dup = df[df.status == "duplicate"]
+    if not dup.empty:
+        blocks += [("h2", "Reported once"),
+                   ("p", f"{len(dup)} jobs measured a configuration already measured in this sweep (their "
+                         f"strategy ignores the keys that differed); each is reported once.")]
+    md = _render_md(blocks)
+    (out / "report.md").write_text(md)
+    if html:  # plots embedded: one file to send, but heavy; the committed references skip it
+        (out / "report.html").write_text(_render_html(blocks, out))
+    return out / "report.md"
+
+
+def _render_md(blocks: list[Block]) -> str:
+    lines = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + b[1], ""]
+        elif kind == "p":
+            lines += [b[1], ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in b[1]] + [""]
+        elif kind == "table":
+            lines += [markdown(b[1]), ""]
+        elif kind == "img":
+            lines += [f"![{b[2]}]({b[1]}.png)", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px}
+th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}img{max-width:100%}
+li{margin:0.4em 0}"""
+
+
+def _render_html(blocks: list[Block], out: Path) -> str:
+    esc = html_lib.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lora-bench report</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3", "p"):
+            parts.append(f"<{kind}>{esc(b[1])}</{kind}>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b[1]) + "</ul>")
+        elif kind == "table":
+            parts.append(b[1].to_html(index=False, escape=True, border=0))
+        elif kind == "img":
+            data = base64.b64encode((out / f"{b[1]}.png").read_bytes()).decode()
+            parts.append(f"<p><img alt='{esc(b[2])}' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

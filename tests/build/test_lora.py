@@ -1,0 +1,100 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.build.lora import LoRALinear, merge_all
+from bench.build.model import Transformer
+from bench.build.strategies import STRATEGIES, apply_strategy
+
+
+def _base(i=24, o=40):
+    torch.manual_seed(0)
+    return nn.Linear(i, o, bias=False)
+
+
+@pytest.mark.parametrize("init", ["A", "B", "gaussian"])
+def test_adapter_is_identity_at_init(init):
+    base = _base()
+    x = torch.randn(3, 5, 24)
+    expected = base(x)
+    lora = LoRALinear(base, rank=4, scale=2.0, init=init)
+    torch.testing.assert_close(lora(x), expected, rtol=0, atol=0)
+    # Exactly one of A, B is zero, the other random: training can move away from the base.
+    zero = [n for n in ("lora_a", "lora_b") if not getattr(lora, n).any()]
+    assert zero == (["lora_a"] if init == "B" else ["lora_b"])
+
+
+def test_merge_matches_adapter_path():
+    lora = LoRALinear(_base(), rank=4, scale=0.5, init="A")
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(7, 24)
+    y = lora(x)
+    torch.testing.assert_close(lora.merge()(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_forward_is_scaled_low_rank_update():
+    lora = LoRALinear(_base(), rank=3, scale=0.25, init="A")
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(4, 24)
+    expected = x @ lora.base.weight.T + 0.25 * x @ lora.lora_a.T @ lora.lora_b.T
+    torch.testing.assert_close(lora(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_params_are_the_layers_own():
+    lora = LoRALinear(_base(), rank=2, scale=1.0)
+    roles = lora.adapter_params()
+    assert roles["A"] is lora.lora_a and roles["B"] is lora.lora_b
+    assert roles["A"].shape == (2, 24) and roles["B"].shape == (40, 2)
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    lora = LoRALinear(_base(), rank=4, scale=1.0, dropout=0.5)
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(64, 24)
+    exact = x @ lora.base.weight.T + x @ lora.lora_a.T @ lora.lora_b.T
+    lora.train()
+    a, b = lora(x), lora(x)
+    assert not torch.allclose(a, b) and not torch.allclose(a, exact)  # a fresh mask each call
+    lora.eval()
+    torch.testing.assert_close(lora(x), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_is_idempotent():
+    lora = LoRALinear(_base(), rank=4, scale=2.0, init="A")
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(5, 24)
+    y = lora(x)
+    once = lora.merge().weight.detach().clone()
+    twice = lora.merge().weight
+    torch.testing.assert_close(twice, once, rtol=0, atol=0)  # the update was added once
+    torch.testing.assert_close(lora(x), y, rtol=1e-5, atol=1e-5)  # and the merged layer computes the same
+
+
+def test_the_strategy_owns_trainability(cfg_of):
+    cfg = cfg_of("strategy=lora_qk")
+    model = Transformer(cfg.model)
+    apply_strategy(model, STRATEGIES["lora_qk"], cfg.lora)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"layers.{i}.attention.{w}.lora_{ab}" for i in range(cfg.model.n_layers)
+                         for w in ("wq", "wk") for ab in "ab"}
+
+
+def test_merge_all_unties_the_head_before_merging(cfg_of):
+    cfg = cfg_of("strategy=lora_last")
+    torch.manual_seed(0)
+    model = Transformer(cfg.model).eval()
+    apply_strategy(model, STRATEGIES["lora_last"], cfg.lora)
+    with torch.no_grad():
+        model.output.lora_b.normal_(std=0.1)
+    emb_before = model.tok_embeddings.weight.detach().clone()
+    x = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        y = model(x)
+        merge_all(model)
+        torch.testing.assert_close(model(x), y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.tok_embeddings.weight, emb_before, rtol=0, atol=0)
