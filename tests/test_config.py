@@ -1,6 +1,7 @@
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from bench.config import ConfigError, load_config
 from tests.conftest import compose_cfg
@@ -33,9 +34,6 @@ def test_bad_values_name_their_key_in_one_line(cfg_of, override, key):
 
 
 def test_unknown_and_missing_keys():
-    node = dict(compose_cfg())
-    from omegaconf import OmegaConf
-
     node = OmegaConf.to_container(compose_cfg(), resolve=True)
     node["train"]["stepz"] = 3
     with pytest.raises(ConfigError, match="train.stepz: unknown key"):

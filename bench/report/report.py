@@ -4,10 +4,8 @@ stops the report. The command line is bench/report/__main__.py.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html as html_lib
-import sys
 import time
 from pathlib import Path
 

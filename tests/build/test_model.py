@@ -20,7 +20,7 @@ def test_param_count_matches_closed_form(name):
 
 
 def test_minimind_v1_has_the_reported_size():
-    # FACTS.md: dim 512, 8 layers, 16/8 heads, FFN 1408, vocab 6400, tied head.
+    # MiniMind v1 (github.com/jingyaogong/minimind): dim 512, 8 layers, 16/8 heads, FFN 1408, vocab 6400, tied head.
     assert param_count(_model_cfg("minimind_v1")) == 26_878_464
 
 
@@ -29,7 +29,7 @@ def test_ffn_hidden_rule():
 
     base = dict(name="x", kind="native", path=None, n_layers=1, n_heads=8, n_kv_heads=8, vocab_size=10, max_seq_len=8,
                 rope_theta=1e4, norm_eps=1e-5, ffn_hidden=None, checkpoint=None)
-    assert ModelConfig(dim=512, **base).hidden == 1408  # FACTS.md
+    assert ModelConfig(dim=512, **base).hidden == 1408  # MiniMind: int(8 * 512 / 3) rounded up to 64
     assert ModelConfig(dim=128, **base).hidden == 384
 
 

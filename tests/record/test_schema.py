@@ -1,6 +1,5 @@
 """The typed record: round trips, checks every field, and reads every committed schema-1 record."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,28 +1,11 @@
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
 from bench.report import build_report
 from tests.conftest import FAST, ROOT, run_cli
-from tests.fixtures import SLOW_BY_OPS, record, write
+from tests.fixtures import record, write
 
 PLOTS = ["step_time_vs_rank", "time_split", "memory_split", "loss_vs_time"]
-
-
-@pytest.fixture
-def sweep(tmp_path):
-    root = tmp_path / "sweep"
-    write(root, "0", record(rank=None))
-    write(root, "1", record(strategy="full", rank=None, repeat=1, step=22.0, spread=(21, 23)))
-    write(root, "2", record(**SLOW_BY_OPS))
-    write(root, "3", {**record(strategy="lora_qk", rank=512, status="invalid",
-                               reason="lora.rank: 512 exceeds min(in, out)=64 of <script>alert(1)</script>")})
-    write(root, "4", '{"schema": 1, "status": "ok", "time": {')  # cut off mid-write
-    write(root, "5", record(strategy="full", status="duplicate", same_as=str(root / "0")))
-    (root / "6" / ".hydra").mkdir(parents=True)  # a job that never wrote its record
-    return root
 
 
 def test_report_tables_ratios_and_failures(sweep, tmp_path):
@@ -58,16 +41,6 @@ def test_report_of_nothing_still_writes(tmp_path):
     assert "0 measured records" in md and (tmp_path / "out" / "report.html").exists()
 
 
-def test_report_cli_combines_directories(sweep, tmp_path):
-    other = tmp_path / "other"
-    write(other, "0", record(strategy="lora_last", rank=2, step=8.0, spread=(7.5, 8.5)))
-    res = subprocess.run([sys.executable, "-m", "bench.report", str(sweep), str(other), "--out",
-                          str(tmp_path / "both")], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert "lora_last r=2" in (tmp_path / "both" / "report.md").read_text()
-    res = subprocess.run([sys.executable, "-m", "bench.report", str(tmp_path / "nope")], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr.count("\n") == 1
 
 
 def test_a_real_sweep_ends_with_its_report(tmp_path):

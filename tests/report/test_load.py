@@ -1,0 +1,35 @@
+"""Loading records into rows: typed reads, and the facts the analysis takes from each plan."""
+import pandas as pd
+
+from bench.report.load import COLUMNS, load_records, variant_label, varying_keys, with_ratios
+from tests.fixtures import SLOW_BY_OPS, record, write
+
+
+def test_rows_carry_the_plan_facts_and_the_figures(tmp_path):
+    write(tmp_path, "0", record())
+    write(tmp_path, "1", record(**SLOW_BY_OPS))
+    write(tmp_path, "2", record(strategy="lora_all", rank=8, stops_early=True, step=12.0, spread=(11.0, 13.0)))
+    df = load_records([tmp_path])
+    assert list(df.columns) == COLUMNS and list(df.status) == ["ok"] * 3
+    rows = {p.rsplit("/", 1)[-1]: r for p, r in df.set_index("path").iterrows()}
+    assert rows["0"].uses_lora is False and rows["1"].uses_lora is True and rows["1"].backend == "native"
+    assert rows["2"].backward_stops_early is True and rows["1"].backward_stops_early is False
+    assert rows["1"].step_ms == 30.0 and rows["1"].ops_per_step == 3000
+
+
+def test_ratios_are_to_the_median_full_record_of_the_same_setting(tmp_path):
+    write(tmp_path, "0", record(step=20.0))
+    write(tmp_path, "1", record(step=24.0, repeat=1))
+    write(tmp_path, "2", record(**SLOW_BY_OPS))
+    df = with_ratios(load_records([tmp_path]))
+    lora = df[df.strategy == "lora_all"].iloc[0]
+    assert lora.step_vs_full == 30.0 / 22.0 and lora.ops_vs_full == 3.0 and lora.flops_vs_full == 0.7
+
+
+def test_labels_name_only_what_varies():
+    df = pd.DataFrame({"strategy": ["lora_all", "lora_all"], "rank": [8, 8], "dropout": [0.0, 0.1],
+                       "lr": [1e-3, 1e-3]})
+    keys = varying_keys(df)
+    assert keys == ["dropout"]
+    assert [variant_label(r, keys) for _, r in df.iterrows()] == ["lora_all r=8 dropout=0.0",
+                                                                  "lora_all r=8 dropout=0.1"]

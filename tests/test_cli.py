@@ -1,0 +1,29 @@
+"""Hydra glue: one-line errors for bad overrides, and every config option composes."""
+import pytest
+
+from bench.cli import group_options
+from tests.conftest import FAST, ROOT, run_cli
+
+GROUPS = {g: group_options(g) for g in ("strategy", "model", "data")}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["strategy=lora_everything"], "strategy='lora_everything' is not a known strategy"),
+    (["-m", "model=tiny,gpt5"], "model='gpt5' is not a known model"),
+    (["train.stepz=3"], "train.stepz"),
+    (["lora.rank=0"], "lora.rank: must be >= 1"),
+    (["lora.rank=[1"], "lora.rank"),
+])
+def test_bad_overrides_fail_in_one_line(tmp_path, args, needle):
+    res = run_cli([*args, *FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, timeout=120)
+    assert res.returncode == 2
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and needle in err[0], res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_composes_and_validates(cfg_of, group, option):
+    extra = {"jsonl": ["data.path=/dev/null"], "hf": ["model.path=/some/local/model"]}.get(option, [])
+    cfg = cfg_of(f"{group}={option}", *extra)
+    assert getattr(cfg, group).name == option
