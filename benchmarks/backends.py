@@ -3,8 +3,9 @@
     python -m bench.run +study=backends
     python benchmarks/backends.py results/multirun/<time>
 
-Each (repeat, strategy, rank) ran native and PEFT back to back; their ratio of median step
-times is one paired measurement. Below 1.00, the native layer is faster.
+Each (repeat, strategy, rank, alpha) ran native and PEFT back to back; their ratio of median step
+times is one paired measurement. Below 1.00, the native layer is faster. The scale is alpha/rank
+(alpha null: scale 1, where the native layer skips its multiply).
 """
 from __future__ import annotations
 
@@ -19,16 +20,17 @@ from bench.report.load import load_records
 def main(sweep: Path) -> int:
     df = load_records([sweep])
     df = df[df.status == "ok"]
-    pairs = df.pivot_table(index=["strategy", "rank", "repeat"], columns="backend", values="step_ms").dropna()
+    df = df.assign(alpha=df.alpha.fillna(df["rank"]))  # alpha null means alpha = rank
+    pairs = df.pivot_table(index=["strategy", "rank", "alpha", "repeat"], columns="backend", values="step_ms").dropna()
     if pairs.empty or not {"native", "peft"} <= set(pairs.columns):
         print(f"error: {sweep} holds no native/peft pairs", file=sys.stderr)
         return 2
     pairs["ratio"] = pairs["native"] / pairs["peft"]
     print(f"machine: {df.machine.iloc[0]}; model {df.model.iloc[0]}, batch {int(df.batch_size.iloc[0])} x seq "
           f"{int(df.seq_len.iloc[0])}, {df.precision.iloc[0]}")
-    for (strategy, rank), g in pairs.groupby(level=["strategy", "rank"]):
+    for (strategy, rank, alpha), g in pairs.groupby(level=["strategy", "rank", "alpha"]):
         r = g.ratio.to_numpy()
-        print(f"{strategy} r={int(rank)}: native/peft median {np.median(r):.3f} (range {r.min():.3f}-{r.max():.3f}, "
+        print(f"{strategy} r={int(rank)} scale {alpha / rank:g}: native/peft median {np.median(r):.3f} (range {r.min():.3f}-{r.max():.3f}, "
               f"{len(r)} pairs); native {g.native.median():.2f} ms, peft {g.peft.median():.2f} ms")
     return 0
 

@@ -7,7 +7,8 @@
 Each study runs as `python -m bench.run +study=<name>` into results/multirun/ref_<name>; its
 report and records (metrics.json, steps.jsonl) are copied to results/reference/<name>/<machine>/,
 where <machine> is the records' own machine label. Nothing is edited by hand: the index quotes
-each report's verdict paragraphs as the report states them.
+each report's verdict paragraphs as the report states them. report.html is not filed (it embeds
+the plots again); `python -m bench.report <dir>/records --out <dir>` makes it.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def run_study(name: str) -> Path:
     dest = REF / name / slug(machine)
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(sweep / "report", dest / "report")
+    # report.html embeds every plot again: rebuilt on demand (python -m bench.report), never filed.
+    shutil.copytree(sweep / "report", dest / "report", ignore=shutil.ignore_patterns("report.html"))
     for p in records:
         job = dest / "records" / p.parent.name
         job.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def rebuild() -> None:
     for records in sorted(REF.glob("*/*/records")):
         report = records.parent / "report"
         shutil.rmtree(report, ignore_errors=True)
-        print(f"rebuilt: {build_report([records.relative_to(ROOT)], report)}", flush=True)
+        print(f"rebuilt: {build_report([records.relative_to(ROOT)], report, html=False)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ GRIDS = {
     "dropout": (12, 9),            # 3 repeats x (full once + 2 dropouts)
     "init": (24, 13),              # full once + 2 inits x 2 scalings x 3 LoRA+ ratios
     "overhead": (10, 10),
-    "backends": (24, 24),
+    "backends": (48, 48),
 }
 
 

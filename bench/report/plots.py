@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+# The same records give byte-identical SVGs: no random ids, no date (a rebuilt reference shows no diff).
+matplotlib.rcParams["svg.hashsalt"] = "lora-bench"
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -29,7 +31,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     fig.tight_layout()
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"Date": None})
     plt.close(fig)
     return paths
 
