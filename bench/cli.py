@@ -53,6 +53,9 @@ def preflight(argv: list[str]) -> None:
                 continue
         else:
             values = [o.get_value_element_as_str()]
+        if key == "study" and not (o.is_add() or o.is_force_add()):
+            _fail(f"{o.input_line}: a study is added to the configuration, not chosen: write +study="
+                  f"{values[0] if values else '<name>'} (python -m bench.studies lists them)")
         if key in groups and not o.is_delete():
             allowed = group_options(key)
             for v in values:
@@ -71,16 +74,22 @@ def preflight(argv: list[str]) -> None:
         _fail(" ".join(lines[:2]) if lines else type(e).__name__)
 
 
-def report_sweep(sweep_dir: Path) -> None:
-    """Build a sweep's report from its records on disk (Hydra hands the callback no results);
-    a report that fails is one line on stderr, never a failed sweep."""
+REPORT_FAILED: list[Path] = []  # sweeps whose report failed in this process: the sweep exits 1
+
+
+def report_sweep(sweep_dir: Path) -> bool:
+    """Build a sweep's report from its records on disk (Hydra hands the callback no results).
+    A report that fails is one line on stderr and a non-zero exit; the records stay on disk."""
     from bench.report import build_report
 
     try:
         print(f"report: {build_report([sweep_dir], sweep_dir / 'report')}", flush=True)
+        return True
     except Exception as e:  # the records are safe on disk; `python -m bench.report` can retry
-        print(f"error: the report of {sweep_dir} failed ({type(e).__name__}: {e}); "
+        print(f"error: the report of {sweep_dir} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
               f"rebuild it with python -m bench.report {sweep_dir}", file=sys.stderr)
+        REPORT_FAILED.append(sweep_dir)
+        return False
 
 
 class ReportOnMultirunEnd(Callback):

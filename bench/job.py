@@ -11,9 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -48,24 +46,34 @@ def _get(node: dict, *path) -> Any:
     return cur
 
 
-def identity(node: dict) -> Identity:
-    """Grouping fields, read leniently from the raw config so that even an invalid job has them;
-    keys the strategy does not read are None (the strategy table says which)."""
-    strategy = STRATEGIES.get(_get(node, "strategy", "name"))
+def _typed(value: Any, tp: type) -> Any:
+    """`value` if it has the type the record expects, else None: the config keeps the raw value."""
+    return value if isinstance(value, tp) and not (tp is int and isinstance(value, bool)) else None
+
+
+def identity(node: dict, overrides: list[str] | None = None) -> Identity:
+    """Grouping fields, read leniently from the raw config so that even an invalid job has them
+    (a value of the wrong type is None here; the job's `invalid` reason names it); keys the
+    strategy does not read are None (the strategy table says which)."""
+    name = _typed(_get(node, "strategy", "name"), str)
+    strategy = STRATEGIES.get(name)
     uses_lora = strategy is not None and strategy.uses_lora
     head = strategy is not None and strategy.reads(("lora", "include_head"))
-    return Identity(config_key=config_key(node), strategy=_get(node, "strategy", "name"),
-                    rank=_get(node, "lora", "rank") if uses_lora else None, model=_get(node, "model", "name"),
-                    backend=_get(node, "lora", "backend") if uses_lora else None,
-                    include_head=_get(node, "lora", "include_head") if head else None,
-                    repeat=_get(node, "repeat"), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return Identity(config_key=config_key(node), strategy=name,
+                    rank=_typed(_get(node, "lora", "rank"), int) if uses_lora else None,
+                    model=_typed(_get(node, "model", "name"), str),
+                    backend=_typed(_get(node, "lora", "backend"), str) if uses_lora else None,
+                    include_head=_typed(_get(node, "lora", "include_head"), bool) if head else None,
+                    repeat=_typed(_get(node, "repeat"), int), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    overrides=overrides)
 
 
 def config_key(node: dict) -> str:
     """A stable hash of what a job measures: the resolved configuration (no output paths in it),
     less the keys its strategy ignores, so `full` swept over lora.rank is one configuration."""
     ignored = set(_NOT_MEASURED)
-    strategy = STRATEGIES.get(_get(node, "strategy", "name"))
+    name = _get(node, "strategy", "name")
+    strategy = STRATEGIES.get(name) if isinstance(name, str) else None
     if strategy is not None:
         ignored |= strategy.ignored_keys()
 
@@ -73,10 +81,6 @@ def config_key(node: dict) -> str:
         return {k: strip(v, path + (k,)) if isinstance(v, dict) else v
                 for k, v in d.items() if path + (k,) not in ignored}
     return hashlib.sha256(json.dumps(strip(node), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _stages(node: dict, out_dir: Path, rec: Record) -> None:
@@ -94,15 +98,13 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> None:
             rec.time.wall_s = time.perf_counter() - t0
 
 
-def run_job(cfg: DictConfig | dict, out_dir: Path) -> Record:
-    """Run one job from a composed config and write out_dir/metrics.json; returns the record."""
+def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None = None) -> Record:
+    """Run one job from a composed config and write out_dir/metrics.json; returns the record.
+    (Ctrl-C and SIGTERM reach it as a KeyboardInterrupt at a safe point: bench/signals.py.)"""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     node = to_node(cfg)
-    rec = Record(status="error", identity=identity(node), config=node)
-    # A cluster pre-empts a job with SIGTERM: treat it as Ctrl-C, so the record is written.
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if main_thread else None
+    rec = Record(status="error", identity=identity(node, overrides), config=node)
     try:
         _stages(node, out_dir, rec)
         rec.status = "ok"
@@ -122,9 +124,6 @@ def run_job(cfg: DictConfig | dict, out_dir: Path) -> Record:
     except Exception as e:  # recorded, so the sweep's other jobs still run
         rec.status = "error"
         rec.outcome = Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
     write_record(out_dir / METRICS, rec)
     _free_memory()
     return rec

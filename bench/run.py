@@ -16,10 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bench.cli import preflight
+from bench import signals
+from bench.cli import REPORT_FAILED, preflight, report_sweep
 from bench.job import identity, run_job, summary_line, to_node
 from bench.record.schema import Outcome, Record, RecordError
-from bench.record.store import METRICS, read_record, write_record
+from bench.record.store import METRICS, STEPS, read_record, write_record
 
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
@@ -42,6 +43,7 @@ def find_complete(sweep_dir: Path, key: str) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    signals.check()  # a signal between jobs stops the sweep here
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
@@ -59,25 +61,27 @@ def main(cfg: DictConfig) -> None:
             print(f"[skip] {' '.join(hc.overrides.task)}: already measured in {done.parent}", flush=True)
             FINISHED.append(("ok", True))
             return
-    old = out_dir / METRICS
-    if old.exists():  # another configuration's record in this job's directory: keep it, aside
-        old.rename(out_dir / f"metrics.replaced-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    rec = run_job(cfg, out_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, aside in ((METRICS, f"metrics.replaced-{stamp}.json"), (STEPS, f"steps.replaced-{stamp}.jsonl")):
+        if (out_dir / name).exists():  # an earlier attempt's record and steps in this job's place: keep them
+            (out_dir / name).rename(out_dir / aside)
+    rec = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
     print(summary_line(rec), file=sys.stdout if rec.status == "ok" else sys.stderr, flush=True)
     FINISHED.append((rec.status, multirun))
+    signals.check()
 
 
-def exit_code(finished: list[tuple[str, bool]]) -> int:
-    """A single run: 0 only if ok (2 if refused). A sweep: 0 if every job ended in a finding."""
-    if not finished:
-        return 1
+def exit_code(finished: list[tuple[str, bool]], report_ok: bool = True, stopped: bool = False) -> int:
+    """One rule for single runs and sweeps (README, "Exit codes"):
+    130 interrupted; 1 a job ended `error` or the report failed; 2 every job was `invalid`
+    (nothing measured: bad input); 0 otherwise (ok, oom, diverged, duplicate are findings)."""
     statuses = [s for s, _ in finished]
-    if "interrupted" in statuses:
+    if stopped or "interrupted" in statuses:
         return 130
-    if any(s not in FINDINGS for s in statuses):
+    if not statuses or any(s not in FINDINGS for s in statuses) or not report_ok:
         return 1
-    if not finished[0][1] and statuses[0] != "ok":
-        return 2 if statuses[0] == "invalid" else 0
+    if all(s == "invalid" for s in statuses):
+        return 2
     return 0
 
 
@@ -103,16 +107,15 @@ def expand_repeats(argv: list[str]) -> list[str]:
 def cli() -> None:
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
+    signals.install()
     try:
         main()
     except KeyboardInterrupt:
         print("interrupted: the record of the running job was written; the sweep stopped", file=sys.stderr)
         if SWEEP_DIRS:  # Hydra skips on_multirun_end after an interrupt: report what was measured
-            from bench.cli import report_sweep
-
             report_sweep(SWEEP_DIRS[-1])
         sys.exit(130)
-    sys.exit(exit_code(FINISHED))
+    sys.exit(exit_code(FINISHED, report_ok=not REPORT_FAILED, stopped=signals.requested()))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ def expand(study: str, extra: list[str] = ()) -> list[list[str]]:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
     if not argv:
         for name in group_options("study"):
             print(f"{name}: {len(expand(name))} jobs")

@@ -54,14 +54,20 @@ def record(strategy="full", rank=None, step=20.0, spread=(19.0, 21.0), fwd=6.0, 
 
 
 def write(root: Path, name: str, rec) -> Path:
+    """A job directory with the record and, for an ok record, 11 timed steps whose median is the
+    record's median step and whose ends are its p10 and p90 (the bootstrap reads these)."""
     d = Path(root) / name
     d.mkdir(parents=True, exist_ok=True)
     text = rec if isinstance(rec, str) else json.dumps(rec)
     (d / "metrics.json").write_text(text)
-    if isinstance(rec, dict) and rec["status"] == "ok":  # a loss curve: 10 timed steps
-        step_s = rec["time"]["step_ms"]["median"] / 1e3
-        rows = [{"step": i, "kind": "timed", "loss": 5.5 - 0.1 * i, "step_ms": step_s * 1e3,
-                 "elapsed_s": step_s * (i + 1)} for i in range(10)]
+    if isinstance(rec, dict) and rec["status"] == "ok":
+        st = rec["time"]["step_ms"]
+        mid, lo, hi = st["median"], st["p10"] or st["median"], st["p90"] or st["median"]
+        times = [lo + (mid - lo) * k / 5 for k in range(5)] + [mid] + [mid + (hi - mid) * k / 5 for k in range(1, 6)]
+        rows, elapsed = [], 0.0
+        for i, ms in enumerate(times):
+            elapsed += ms / 1e3
+            rows.append({"step": i + 2, "kind": "timed", "loss": 5.5 - 0.1 * i, "step_ms": ms, "elapsed_s": elapsed})
         (d / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
 

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from bench.measure.stability import judge
 from bench.record.schema import EvalPoint, Loss, Record, Stats, Time
 
 ON_CLOCK = ("warmup", "timed")  # the step kinds the training clock counts
@@ -65,9 +66,10 @@ class JobFigures:
         if self.target is not None and eval_loss <= self.target and t.to_target_s is None:
             t.to_target_s, t.steps_to_target = self.elapsed, self.steps_done
 
-    def close(self) -> None:
-        """The time section from the steps so far (a failed job keeps what it measured)."""
+    def close(self, gpu: dict | None = None) -> None:
+        """The time and stability sections from the steps so far (a failed job keeps what it measured)."""
         timed = [r for r in self.rows if r["kind"] == "timed"]
+        self.rec.stability = judge(timed, gpu)
         t = self.rec.time
         step_ms = [r["step_ms"] for r in timed]
         t.train_s, t.timed_s, t.timed_steps = self.elapsed, sum(step_ms) / 1e3, len(step_ms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import resource
+import signal
 import sys
 from pathlib import Path
 
@@ -83,12 +84,16 @@ def nvml_used_bytes(device: torch.device) -> int | None:
         return None
 
 
+class HostMemoryExceeded(RuntimeError):
+    """Raised in the main thread, inside the step, when the host memory guard trips."""
+
+
 class HostMemoryGuard:
     """Stops the job before the machine does: when this process's RSS passes `cap_bytes`.
 
     A daemon thread samples RSS every `interval` seconds (cheap: one /proc read) and, past the
-    cap, interrupts the main thread, which turns that into an `oom` record. Sampling from a
-    thread checks *during* a step, not only between steps.
+    cap, raises HostMemoryExceeded in the main thread through a signal of its own (SIGUSR1), so
+    the check happens *during* a step, and Ctrl-C keeps its own meaning (bench/signals.py).
     """
 
     def __init__(self, cap_bytes: int | None, interval: float = 0.05):
@@ -99,6 +104,10 @@ class HostMemoryGuard:
         self.tripped_at: int | None = None  # the RSS that crossed the cap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="host-memory-guard")
+        self._previous = None
+
+    def _raise(self, signum, frame):
+        raise HostMemoryExceeded(f"RSS {self.tripped_at / 2**30:.2f} GiB passed the cap of {self.cap / 2**30:.2f} GiB")
 
     def _watch(self) -> None:
         import _thread
@@ -108,11 +117,14 @@ class HostMemoryGuard:
             rss = proc.memory_info().rss
             if rss > self.cap:
                 self.tripped_at = rss
-                _thread.interrupt_main()
+                _thread.interrupt_main(signal.SIGUSR1)
                 return
 
     def __enter__(self) -> "HostMemoryGuard":
-        if self.cap is not None:
+        import threading
+
+        if self.cap is not None and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._raise)
             self._thread.start()
         return self
 
@@ -120,3 +132,5 @@ class HostMemoryGuard:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)

@@ -18,14 +18,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench import signals
 from bench.build.setup import Setup
 from bench.config import BenchConfig
 from bench.measure import counters, memory
 from bench.measure.calibrate import calibrate
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
+from bench.measure.stability import ContentionProbe, gpu_neighbours
 from bench.measure.timer import StepTimer
 from bench.measure.trainer import Trainer
 from bench.record.schema import Calibration, Memory, Params, Record, Work
@@ -68,7 +71,7 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
     n_steps = len(UNTIMED) + t.warmup_steps + t.steps
-    timer = StepTimer(device, phases=t.phases)
+    timer, probe = StepTimer(device, phases=t.phases), ContentionProbe()
     bar = tqdm(total=n_steps, desc=cfg.strategy.name, unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
     try:
@@ -77,8 +80,12 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             kind = step_kind(i, t.warmup_steps)
             if kind == "count":
                 loss, timings = _count_step(trainer, micro, rec, i), {}
+            elif kind in ON_CLOCK:
+                probe.start()  # outside the timer's borders: reading /proc costs the step nothing
+                loss, timings = trainer.step(micro, timer)
+                timings.update(probe.stop())
             else:
-                loss, timings = trainer.step(micro, timer if kind in ON_CLOCK else StepTimer(device, False))
+                loss, timings = trainer.step(micro, StepTimer(device, phases=False))
             log.write(figures.on_step(i, kind, loss, timings))
             if kind == "count":
                 # The counters held extra references: peaks start after them.
@@ -88,6 +95,7 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             elif kind in ON_CLOCK and t.eval_every and i + 1 < n_steps and (i - 1) % t.eval_every == 0:
                 figures.on_eval(trainer.evaluate(s.eval_batches))
             bar.update(1)
+            signals.check()  # Ctrl-C or SIGTERM: stop here, between steps, with the record intact
     finally:
         bar.close()
 
@@ -109,20 +117,21 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
     try:
         with StepLog(out_dir / STEPS) as log, guard:
             _train(cfg, s, trainer, figures, log, host)
-    except KeyboardInterrupt:
-        if guard.tripped_at is None:
-            raise
+    except memory.HostMemoryExceeded:
         raise OutOfMemory(figures.step_now, "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed "
                           f"train.max_host_memory_gb={t.max_host_memory_gb}") from None
     except torch.cuda.OutOfMemoryError as e:
         raise OutOfMemory(figures.step_now, "cuda", str(e).splitlines()[0]) from None
     finally:  # whatever happened, keep what was measured up to here
-        figures.close()
+        figures.close(gpu_neighbours(s.device))
         for k, v in memory.device_peaks(s.device).items():
             setattr(rec.memory, k, v)
         rec.memory.nvml_used_bytes = memory.nvml_used_bytes(s.device)
         rec.memory.host_peak_rss_bytes, rec.memory.host_peak_since_reset = host.peak(), host.since_reset
-    figures.on_eval(trainer.evaluate(s.eval_batches), final=True)
+    losses = trainer.eval_losses(s.eval_batches)
+    figures.on_eval(sum(losses) / len(losses), final=True)
+    # The held-out set's own noise: a loss change smaller than this is not a finding.
+    rec.loss.eval_noise = float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None
     # After the timed steps, so the microbenchmark cannot disturb them.
     hidden = s.shape.hidden or 4 * s.shape.dim
     rec.calibration = Calibration(**calibrate(s.device, t.precision, t.batch_size * t.seq_len, s.shape.dim, hidden))

@@ -88,8 +88,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def evaluate(self, batches: list[torch.Tensor]) -> float:
+    def eval_losses(self, batches: list[torch.Tensor]) -> list[float]:
+        """The held-out loss of each batch, in eval mode (no dropout), no update."""
         self.model.eval()
-        loss = sum(float(self.loss(b)) for b in batches) / len(batches)
+        losses = [float(self.loss(b)) for b in batches]
         self.model.train()
-        return loss
+        return losses
+
+    def evaluate(self, batches: list[torch.Tensor]) -> float:
+        losses = self.eval_losses(batches)
+        return sum(losses) / len(losses)

@@ -34,6 +34,7 @@ class Identity:
     include_head: Optional[bool] = None  # None where the strategy ignores lora.include_head
     repeat: Optional[int] = None
     started: Optional[str] = None
+    overrides: Optional[list[str]] = None  # the command-line overrides that made this job (Hydra's)
 
 
 @dataclass
@@ -147,6 +148,22 @@ class Loss:
     last: Optional[float] = None        # training loss of the last step
     eval_start: Optional[float] = None  # when the training clock starts
     eval_end: Optional[float] = None
+    eval_noise: Optional[float] = None  # standard error of eval_end over the held-out batches
+
+
+@dataclass
+class Stability:
+    """Was the machine quiet while the job was timed (bench/measure/stability.py)? An unstable job
+    takes no part in a verdict."""
+    unstable: bool
+    reason: Optional[str] = None
+    steps: int = 0
+    wait_fraction: Optional[float] = None  # run-queue wait of this process's threads per wall second
+    cpu_per_wall: Optional[float] = None   # CPU seconds of this process's threads per wall second
+    drift: Optional[float] = None          # median(last third of steps) / median(first third) - 1
+    spread: Optional[float] = None         # p90 / p10 of the timed steps
+    gpu_other_processes: Optional[int] = None
+    gpu_utilization: Optional[float] = None
 
 
 @dataclass
@@ -181,6 +198,7 @@ class Record:
     loss: Optional[Loss] = None
     eval_curve: list[EvalPoint] = field(default_factory=list)
     calibration: Optional[Calibration] = None
+    stability: Optional[Stability] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     def to_json(self) -> dict:

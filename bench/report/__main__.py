@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.load import SETTING, load_records, markdown, variant_label, varying_keys, with_ratios
+from bench.record.store import METRICS
 from bench.report.report import build_report
 
 
@@ -56,6 +57,10 @@ def print_tables(dirs: list[Path]) -> int:
     return 0
 
 
+def _has_records(dirs: list[Path]) -> bool:
+    return any(next(d.rglob(METRICS), None) is not None if d.is_dir() else d.name == METRICS for d in dirs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
@@ -69,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.table:
         return print_tables(args.dirs)
+    if not _has_records(args.dirs):
+        print(f"error: no job records (metrics.json) under {', '.join(map(str, args.dirs))}", file=sys.stderr)
+        return 2
     if args.out is None and len(args.dirs) > 1:
         print("error: several directories need --out DIR", file=sys.stderr)
         return 2

@@ -15,38 +15,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.report import stats
 from bench.report.load import SETTING, variant_label, varying_keys
 
 DISAGREE = 0.20
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration of one setting: medians over repeats and the spread."""
-    ok = df[df.status == "ok"]
+    """One row per configuration of one setting: medians over repeats, the spread, and each
+    configuration's ratio to full fine-tuning with its 95% interval. Unstable jobs are left out."""
+    ok = df[(df.status == "ok") & (df.unstable != True)]  # noqa: E712  (None: schema 1, not judged)
     keys = varying_keys(ok)
     ok = ok.assign(label=[variant_label(r, keys) for _, r in ok.iterrows()])
-    rows = []
-    for label, g in ok.groupby("label", sort=False):
-        first = g.iloc[0]
-        n = len(g)
-        step = g.step_ms.median()
-        lo, hi = (g.step_ms.min(), g.step_ms.max()) if n > 1 else (first.step_p10_ms, first.step_p90_ms)
-        med = lambda c: g[c].median() if g[c].notna().any() else np.nan  # noqa: E731
-        improvement = (g.eval_start - g.eval_end) / g.train_s
-        rows.append({
-            "label": label, "strategy": first.strategy, "rank": first["rank"],
-            "backward_stops_early": bool(first.backward_stops_early),
-            "repeats": n, "step_ms": step, "spread_lo": lo, "spread_hi": hi,
-            "spread_kind": "range over repeats" if n > 1 else "p10-p90 of steps",
-            **{c: med(c) for c in ("forward_ms", "backward_ms", "optimizer_ms", "tokens_per_s",
-                                   "device_peak_bytes", "host_peak_rss_bytes", "weights_bytes", "grads_bytes",
-                                   "optimizer_state_bytes", "activations_bytes", "params_trainable",
-                                   "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end",
-                                   "loss_floor", "train_s", "matmul_flops_per_s", "op_overhead_s",
-                                   "to_target_s", "steps_to_target", "target_loss")},
-            "loss_gain_per_s": improvement.median(),
-            "paths": list(g.path),
-        })
+    rows = [_config_row(label, g) for label, g in ok.groupby("label", sort=False)]
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -60,6 +41,47 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
         out["predicted_vs_full"] = out.predicted_ms / f.predicted_ms
         out["flops_vs_full"] = out.flops_per_step / f.flops_per_step
         out["ops_vs_full"] = out.ops_per_step / f.ops_per_step
+        intervals = [stats.ratio_interval(r.samples, f.samples) for _, r in out.iterrows()]
+        out["vs_full_lo"] = [np.nan if i is None else i[0] for i in intervals]
+        out["vs_full_hi"] = [np.nan if i is None else i[1] for i in intervals]
+        out["verdict"] = [stats.verdict(r.vs_full, i) for (_, r), i in zip(out.iterrows(), intervals)]
+    return out
+
+
+_MEDIANS = ("forward_ms", "backward_ms", "optimizer_ms", "step_mean_ms", "forward_mean_ms", "backward_mean_ms",
+            "optimizer_mean_ms", "tokens_per_s", "device_peak_bytes", "host_peak_rss_bytes",
+            "weights_bytes", "grads_bytes", "optimizer_state_bytes", "activations_bytes", "params_trainable",
+            "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end", "loss_floor", "train_s",
+            "matmul_flops_per_s", "op_overhead_s", "to_target_s", "steps_to_target", "target_loss", "eval_noise")
+
+
+def _config_row(label: str, g: pd.DataFrame) -> dict:
+    first, n = g.iloc[0], len(g)
+    lo, hi = (g.step_ms.min(), g.step_ms.max()) if n > 1 else (first.step_p10_ms, first.step_p90_ms)
+    med = lambda c: g[c].median() if g[c].notna().any() else np.nan  # noqa: E731
+    drop = (g.eval_start - g.eval_end).median()
+    return {
+        "label": label, "strategy": first.strategy, "rank": first["rank"],
+        "backward_stops_early": bool(first.backward_stops_early),
+        "repeats": n, "step_ms": g.step_ms.median(), "spread_lo": lo, "spread_hi": hi,
+        "spread_kind": "range of the repeats' medians" if n > 1 else "p10-p90 of the timed steps",
+        **{c: med(c) for c in _MEDIANS},
+        "loss_drop": drop, "loss_gain_per_s": ((g.eval_start - g.eval_end) / g.train_s).median(),
+        "samples": [np.asarray(s if isinstance(s, list) else [], dtype=float) for s in g.step_samples],
+        "paths": list(g.path),
+    }
+
+
+def unstable_jobs(df: pd.DataFrame) -> list[str]:
+    """One line per job measured on a busy machine: its reason and the command that measures it again."""
+    out = []
+    for _, r in df[(df.status == "ok") & (df.unstable == True)].iterrows():  # noqa: E712
+        command = (f"python -m bench.run {r.overrides}" if isinstance(r.overrides, str) and r.overrides
+                   else f"python -m bench.run strategy={r.strategy}" + (f" lora.rank={int(r['rank'])}"
+                                                                       if r["rank"] == r["rank"] else ""))
+        out.append(f"{r.path}: {r.strategy}" + (f" r={int(r['rank'])}" if r["rank"] == r["rank"] else "")
+                   + f" was left out of every verdict: {r.unstable_reason}. Measure it again on a quiet "
+                     f"machine: {command}")
     return out
 
 
@@ -93,18 +115,19 @@ _NAMES = {  # (term, sign) -> how the sentence names it
 }
 
 
+def _head(row: pd.Series, full: pd.Series) -> str:
+    t, tf = row.step_ms, full.step_ms
+    ci = (f"95% interval {row.vs_full_lo:.2f}-{row.vs_full_hi:.2f}x" if row.vs_full_lo == row.vs_full_lo
+          else "no interval: no timed steps on disk")
+    if row.verdict == "same":
+        return (f"{row.label}: no measurable difference from full fine-tuning ({t:.2f} vs {tf:.2f} ms per step, "
+                f"{row.vs_full:.2f}x; {ci})")
+    word, ratio = ("slower", row.vs_full) if row.verdict == "slower" else ("faster", 1 / row.vs_full)
+    return f"{row.label}: {ratio:.2f}x {word} than full fine-tuning ({t:.2f} vs {tf:.2f} ms per step; {ci})"
+
+
 def explain(row: pd.Series, full: pd.Series) -> str:
     """One or two sentences for one configuration against full fine-tuning of its setting."""
-    t, tf = row.step_ms, full.step_ms
-    overlap = row.spread_lo <= full.spread_hi and full.spread_lo <= row.spread_hi
-    if overlap:
-        head = (f"{row.label}: no measurable difference from full fine-tuning ({t:.2f} vs {tf:.2f} ms per step; "
-                f"the spreads overlap)")
-    else:
-        ratio = t / tf
-        word = "slower" if ratio > 1 else "faster"
-        head = (f"{row.label}: {max(ratio, 1 / ratio):.2f}x {word} than full fine-tuning "
-                f"({t:.2f} vs {tf:.2f} ms per step)")
     parts = []
     fl, op = row.flops_per_step / full.flops_per_step - 1, row.ops_per_step / full.ops_per_step - 1
     parts.append(f"{_pct(fl)} {'fewer' if fl < 0 else 'more'} FLOPs and {_pct(op)} "
@@ -116,9 +139,9 @@ def explain(row: pd.Series, full: pd.Series) -> str:
     parts.append(f"measured optimizer {row.optimizer_ms:.2f} vs {full.optimizer_ms:.2f} ms")
     if "backward stops early" in tm:
         parts.append(f"backward {row.backward_ms:.2f} vs {full.backward_ms:.2f} ms")
-    sentence = head + ". " + "; ".join(parts) + "."
-    if not overlap:
-        sign = 1 if t > tf else -1
+    sentence = _head(row, full) + ". " + "; ".join(parts) + "."
+    if row.verdict != "same":
+        sign = 1 if row.verdict == "slower" else -1
         candidates = {k: v for k, v in tm.items() if v == v and np.sign(v) == sign}
         if candidates:
             top = max(candidates, key=lambda k: abs(candidates[k]))
@@ -126,14 +149,15 @@ def explain(row: pd.Series, full: pd.Series) -> str:
         else:
             sentence += " None of the modelled terms points that way."
     pred, meas = row.predicted_vs_full, row.vs_full
-    if pred == pred:
-        if abs(pred / meas - 1) > DISAGREE:
-            sentence += (f" The cost model predicts {pred:.2f}x, measured {meas:.2f}x: they disagree by more than "
-                         f"{DISAGREE:.0%}, so costs outside the model (memory traffic of non-matmul ops, "
-                         f"kernel efficiency at these sizes) matter here.")
-        else:
-            sentence += f" The cost model predicts {pred:.2f}x, measured {meas:.2f}x."
-    return sentence
+    if pred != pred:
+        return sentence
+    if row.verdict == "same":
+        return sentence + f" The cost model predicts {pred:.2f}x; the measurement cannot tell them apart."
+    if abs(pred / meas - 1) > DISAGREE:
+        return sentence + (f" The cost model predicts {pred:.2f}x, measured {meas:.2f}x: they disagree by more than "
+                           f"{DISAGREE:.0%}, so costs outside the model (memory traffic of non-matmul ops, "
+                           f"kernel efficiency at these sizes) matter here.")
+    return sentence + f" The cost model predicts {pred:.2f}x, measured {meas:.2f}x."
 
 
 def _mem(row: pd.Series) -> tuple[float, str]:
@@ -142,33 +166,49 @@ def _mem(row: pd.Series) -> tuple[float, str]:
     return row.memory_split_bytes, "weights + gradients + optimizer state + activations"
 
 
+def _best(agg: pd.DataFrame, values: pd.Series, lowest: bool) -> str:
+    """The configuration with the lowest (or highest) value; several with the same value are a tie."""
+    top = values.min() if lowest else values.max()
+    winners = list(agg.label[values == top])
+    return winners[0] if len(winners) == 1 else "a tie between " + ", ".join(winners)
+
+
+def _loss_verdict(agg: pd.DataFrame) -> str:
+    """Best loss per second, among configurations whose eval loss fell by more than the eval noise."""
+    if agg.eval_noise.isna().all():
+        return "No loss verdict: these records carry no eval noise (recorded from schema 2 on)."
+    clear = agg[(agg.loss_drop > 2 * agg.eval_noise) & (agg.loss_gain_per_s > 0)]
+    if clear.empty:
+        return ("No loss verdict: no configuration's eval loss fell by more than twice its held-out noise "
+                "(standard error over the eval batches).")
+    best = _best(clear, clear.loss_gain_per_s, lowest=False)
+    return (f"Best loss per second: {best} (eval loss down {clear.loss_gain_per_s.max():.3g} per second of "
+            f"training; only the {len(clear)} of {len(agg)} configurations whose eval loss fell by more than "
+            f"twice its noise compete).")
+
+
 def verdict(agg: pd.DataFrame) -> str:
     """The paragraph that opens a setting: fastest, least memory, best loss per second, slow LoRA."""
     if agg.empty:
-        return "No successful record in this setting."
-    fastest = agg.loc[agg.step_ms.idxmin()]
+        return "No stable successful record in this setting."
     mems = agg.apply(lambda r: _mem(r)[0], axis=1)
-    least = agg.loc[mems.idxmin()]
-    mem_kind = _mem(least)[1]
-    s = [f"Fastest: {fastest.label} ({fastest.step_ms:.2f} ms per step).",
-         f"Least memory: {least.label} ({mems.min() / 2**20:.1f} MiB of {mem_kind})."]
-    gains = agg.loss_gain_per_s
-    if gains.notna().any():
-        best = agg.loc[gains.idxmax()]
-        s.append(f"Best loss per second: {best.label} (eval loss down {best.loss_gain_per_s:.3g} per second "
-                 f"of training).")
+    mem_kind = _mem(agg.loc[mems.idxmin()])[1]
+    s = [f"Fastest: {_best(agg, agg.step_ms, lowest=True)} ({agg.step_ms.min():.2f} ms per step).",
+         f"Least memory: {_best(agg, mems, lowest=True)} ({mems.min() / 2**20:.1f} MiB of {mem_kind}).",
+         _loss_verdict(agg)]
     full = agg[agg.strategy == "full"]
     if full.empty:
         s.append("No full fine-tuning record in this setting, so nothing to compare LoRA with.")
         return " ".join(s)
     f = full.iloc[0]
-    slower = [r for _, r in agg.iterrows() if r.strategy != "full" and r.spread_lo > f.spread_hi]
+    slower = [r for _, r in agg.iterrows() if r.strategy != "full" and r.verdict == "slower"]
     if slower:
         reasons = []
         for r in slower:
             tm = {k: v for k, v in terms(r, f).items() if v == v and v > 0}
             why = _NAMES[(max(tm, key=tm.get), 1)] if tm else "no modelled term"
-            reasons.append(f"{r.label} ({r.step_ms / f.step_ms:.2f}x; largest cost: {why})")
+            reasons.append(f"{r.label} ({r.vs_full:.2f}x, 95% interval {r.vs_full_lo:.2f}-{r.vs_full_hi:.2f}; "
+                           f"largest cost: {why})")
         s.append("Slower than full fine-tuning: " + ", ".join(reasons) + ".")
     else:
         s.append("No configuration is measurably slower than full fine-tuning here.")

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.record.schema import Identity, Record, RecordError
-from bench.record.store import METRICS, read_record
+from bench.record.store import METRICS, STEPS, read_record, read_steps
 
 # What makes two records comparable: same model shape, data, batch, precision and machine.
 SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "machine"]
@@ -37,6 +37,12 @@ def _text(v: Any) -> str | None:
     return None if v is None else str(v)  # lists as one hashable value
 
 
+def _stability(rec: Record) -> dict:
+    st = rec.stability
+    return {"unstable": None if st is None else st.unstable, "unstable_reason": None if st is None else st.reason,
+            "wait_fraction": None if st is None else st.wait_fraction, "drift": None if st is None else st.drift}
+
+
 def _sections(rec: Record) -> dict:
     """The measured figures: every field of the typed sections, None where a section is absent."""
     t, m, w, p, loss, cal = rec.time, rec.memory, rec.work, rec.params, rec.loss, rec.calibration
@@ -48,6 +54,9 @@ def _sections(rec: Record) -> dict:
         "step_ms": med("step_ms"), "step_p10_ms": None if t is None else t.step_ms.p10,
         "step_p90_ms": None if t is None else t.step_ms.p90,
         "forward_ms": med("forward_ms"), "backward_ms": med("backward_ms"), "optimizer_ms": med("optimizer_ms"),
+        # Means add up (a step's phases sum to at most the step); medians of phases need not.
+        **{f"{k}_mean_ms": None if t is None else getattr(t, f"{k}_ms").mean
+           for k in ("step", "forward", "backward", "optimizer")},
         "tokens_per_s": a(t, "tokens_per_s"), "train_s": a(t, "train_s"), "wall_s": a(t, "wall_s"),
         "to_target_s": a(t, "to_target_s"), "steps_to_target": a(t, "steps_to_target"),
         "device_peak_bytes": a(m, "device_peak_allocated_bytes"), "host_peak_rss_bytes": a(m, "host_peak_rss_bytes"),
@@ -55,7 +64,7 @@ def _sections(rec: Record) -> dict:
         "optimizer_state_bytes": a(m, "optimizer_state_bytes"), "activations_bytes": a(m, "activations_bytes"),
         "params_total": a(p, "total"), "params_trainable": a(p, "trainable"),
         "loss_first": a(loss, "first"), "loss_last": a(loss, "last"), "eval_start": a(loss, "eval_start"),
-        "eval_end": a(loss, "eval_end"), "loss_floor": a(loss, "floor"),
+        "eval_end": a(loss, "eval_end"), "loss_floor": a(loss, "floor"), "eval_noise": a(loss, "eval_noise"),
         "matmul_flops_per_s": a(cal, "matmul_flops_per_s"), "op_overhead_s": a(cal, "op_overhead_s"),
     }
 
@@ -78,7 +87,8 @@ def flatten(rec: Record, path: Path) -> dict:
         "seq_len": config_value(rec, "train.seq_len"), "grad_accum": config_value(rec, "train.grad_accum"),
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
-        **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec),
+        **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
+        "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 
 
@@ -88,7 +98,8 @@ COLUMNS = list(flatten(Record(status="error", identity=Identity(config_key=""), 
 def _job_dirs(root: Path):
     """Directories that hold a record, or that Hydra made for a job (.hydra/) and got none."""
     found = {p.parent for p in root.rglob(METRICS)} | {p.parent for p in root.rglob(".hydra")}
-    return sorted(found, key=lambda d: [int(x) if x.isdigit() else x for x in d.parts])
+    # Natural order (2 before 10), and never a comparison of a number with a name.
+    return sorted(found, key=lambda d: [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in d.parts])
 
 
 def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
@@ -101,12 +112,15 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 continue
             try:
                 rows.append(flatten(read_record(path), path))
+                # The timed steps themselves: the bootstrap behind every ratio's interval.
+                rows[-1]["step_samples"] = [r["step_ms"] for r in read_steps(job / STEPS)
+                                            if r.get("kind") == "timed" and r.get("step_ms") is not None]
             except RecordError as e:
                 rows.append({"path": str(job), "status": "unreadable", "reason": str(e)})
                 if warn:
                     warn(f"skipped: {e}")
     df = pd.DataFrame(rows)
-    for col in COLUMNS:
+    for col in [*COLUMNS, "step_samples"]:
         if col not in df:
             df[col] = None
     return df
@@ -128,9 +142,9 @@ def varying_keys(df: pd.DataFrame) -> list[str]:
 
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Add time, FLOP and op ratios to the median `full` record of the same setting."""
+    """Add time, FLOP and op ratios to the median stable `full` record of the same setting."""
     df = df.copy()
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & (df.unstable != True)]  # noqa: E712
     base = ok[ok.strategy == "full"].groupby(SETTING, dropna=False)[
         ["step_ms", "flops_per_step", "ops_per_step"]].median()
     base.columns = [f"full_{c}" for c in base.columns]

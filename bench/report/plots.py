@@ -52,9 +52,14 @@ def step_time_vs_rank(agg: pd.DataFrame, title: str, out: Path, name: str) -> li
         ax.set_xscale("log", base=2)
     if not lora.empty:
         ax.set_xticks(sorted(lora["rank"].unique()), [str(int(r)) for r in sorted(lora["rank"].unique())])
+    wide = agg.spread_hi.max() / max(agg.spread_lo.min(), 1e-9) > 10
+    if wide:  # a linear axis would flatten the fast configurations against zero
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("LoRA rank")
-    ax.set_ylabel("median step time (ms)")
-    ax.set_ylim(bottom=0)
+    kinds = "; ".join(sorted(set(agg.spread_kind)))
+    ax.set_ylabel(f"median step time (ms{', log scale' if wide else ''})\nbars and bands: {kinds}", fontsize=8)
     ax.set_title(f"Step time; above the black line is slower than full fine-tuning\n{title}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
@@ -82,9 +87,15 @@ def _stacked(agg: pd.DataFrame, columns: list[tuple[str, str, str]], scale: floa
 
 
 def time_split(agg, title, out, name):
-    cols = [("forward_ms", "forward", "#9ecae1"), ("backward_ms", "backward", "#4292c6"),
-            ("optimizer_ms", "optimizer", "#fdae6b")]
-    return _stacked(agg, cols, 1.0, "median time per step (ms)", f"Where the time goes\n{title}", out, name)
+    """Phase means, and what the phases do not cover ("other": the step's mean less their sum), so
+    each bar adds up to the mean step. Medians would not: the median step is not the sum of the
+    phases' medians."""
+    phases = agg[["forward_mean_ms", "backward_mean_ms", "optimizer_mean_ms"]].fillna(0).sum(axis=1)
+    agg = agg.assign(other_mean_ms=(agg.step_mean_ms - phases).clip(lower=0))
+    cols = [("forward_mean_ms", "forward", "#9ecae1"), ("backward_mean_ms", "backward", "#4292c6"),
+            ("optimizer_mean_ms", "optimizer", "#fdae6b"), ("other_mean_ms", "other (outside the phases)", "#d9d9d9")]
+    return _stacked(agg, cols, 1.0, "mean time per step (ms); bars add up to the mean step",
+                    f"Where the time goes\n{title}", out, name)
 
 
 def memory_split(agg, title, out, name):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import plots
-from bench.report.explain import aggregate, explain, settings, verdict
+from bench.report import plots, stats
+from bench.report.explain import aggregate, explain, settings, unstable_jobs, verdict
 from bench.report.load import load_records, markdown, with_ratios
 
 MIB = 2 ** 20
@@ -35,23 +35,32 @@ def _setting_title(s: dict) -> str:
             f"on {s['machine']}")
 
 
-def _tables(agg: pd.DataFrame) -> list[Block]:
-    full = agg[agg.strategy == "full"]
-    ref = full.iloc[0] if not full.empty else None
-    peak_kind = "peak device MiB" if agg.device_peak_bytes.notna().any() else "peak host RSS MiB"
-    peak = agg.device_peak_bytes if agg.device_peak_bytes.notna().any() else agg.host_peak_rss_bytes
-    timing = pd.DataFrame({
+def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
+    nan = [np.nan] * len(agg)
+    return pd.DataFrame({
         "configuration": agg.label,
         "step ms": [_f(x) for x in agg.step_ms],
         "spread ms": [f"{_f(a)}-{_f(b)}" for a, b in zip(agg.spread_lo, agg.spread_hi)],
         "repeats": agg.repeats,
-        "vs full": [_f(x, ".2f", suffix="x") for x in agg.get("vs_full", [np.nan] * len(agg))],
+        "vs full": [_f(x, ".2f", suffix="x") for x in agg.get("vs_full", nan)],
+        "95% interval": [f"{_f(a)}-{_f(b)}" if a == a else "" for a, b in zip(agg.get("vs_full_lo", nan),
+                                                                            agg.get("vs_full_hi", nan))],
+        "verdict": [{"slower": "slower", "faster": "faster", "same": "no difference"}.get(v, "")
+                    for v in agg.get("verdict", [""] * len(agg))],
         "predicted vs full": [_f(x, ".2f", suffix="x") for x in agg.get("predicted_vs_full", [np.nan] * len(agg))],
         "tokens/s": [_f(x, ",.0f") for x in agg.tokens_per_s],
         "forward ms": [_f(x) for x in agg.forward_ms],
         "backward ms": [_f(x) for x in agg.backward_ms],
         "optimizer ms": [_f(x) for x in agg.optimizer_ms],
     })
+
+
+def _tables(agg: pd.DataFrame) -> list[Block]:
+    full = agg[agg.strategy == "full"]
+    ref = full.iloc[0] if not full.empty else None
+    peak_kind = "peak device MiB" if agg.device_peak_bytes.notna().any() else "peak host RSS MiB"
+    peak = agg.device_peak_bytes if agg.device_peak_bytes.notna().any() else agg.host_peak_rss_bytes
+    timing = _timing_table(agg)
     work = pd.DataFrame({
         "configuration": agg.label,
         peak_kind: [_f(x, ".1f", MIB) for x in peak],
@@ -72,13 +81,20 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
         "train loss (last step)": [_f(x, ".3f") for x in agg.loss_last],
         "eval loss": [_f(x, ".3f") for x in agg.eval_end],
         "gap to floor": [_f(a - b, ".3f") if b == b else "" for a, b in zip(agg.eval_end, agg.loss_floor)],
+        "eval noise": [_f(x, ".4f") for x in agg.eval_noise],
         "eval loss gain per s": [_f(x, ".4f") for x in agg.loss_gain_per_s],
     })
     if agg.target_loss.notna().any():  # train.target_loss was set: how long each took to reach it
         target = agg.target_loss.dropna().iloc[0]
         loss[f"time to eval {target:g} (s)"] = [_f(x, ".2f") if x == x else "not reached" for x in agg.to_target_s]
         loss["steps to it"] = [_f(x, ".0f") if x == x else "" for x in agg.steps_to_target]
-    blocks = [("h3", "Time"), ("table", timing), ("h3", "Memory and work"), ("table", work),
+    blocks = [("h3", "Time"), ("table", timing),
+              ("p", "step ms: median of the timed steps (median over repeats). spread ms: the range of the "
+                    "repeats' medians where a configuration has several, else the p10-p90 of its timed steps. "
+                    "95% interval: of the ratio to full fine-tuning, by a bootstrap over repeats and steps; "
+                    "a verdict needs the whole interval on one side of 1 and a difference of at least "
+                    f"{stats.MIN_EFFECT:.0%}."),
+              ("h3", "Memory and work"), ("table", work),
               ("h3", "Loss"), ("table", loss)]
     if ref is not None:
         cal = (f"Cost model constants, measured on this machine: matmul {ref.matmul_flops_per_s / 1e9:.1f} GFLOP/s, "
@@ -117,41 +133,33 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     return blocks
 
 
-def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
-    """Read every record under `dirs`, write the report into `out`; returns report.md's path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    df = load_records(dirs)
-    blocks: list[Block] = [("h1", "lora-bench report"),
-                           ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
-                                 f"under {', '.join(str(d) for d in dirs)}; built "
-                                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")]
-    if not df.empty:
-        with_ratios(df).to_csv(out / "summary.csv", index=False)
-    else:
-        pd.DataFrame(columns=["path", "status", "reason"]).to_csv(out / "summary.csv", index=False)
-    for n, (setting, g) in enumerate(settings(df)):
-        agg = aggregate(g)
-        title = _setting_title(setting)
-        blocks += [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
-        blocks += _tables(agg)
-        full = agg[agg.strategy == "full"]
-        if not full.empty:
-            blocks.append(("h3", "Why"))
-            blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
-        suffix = f"_{n + 1}" if n else ""
-        for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
-                         ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
-            try:
-                fn(agg, title, out, kind + suffix)
-                blocks.append(("img", kind + suffix, kind.replace("_", " ")))
-            except Exception as e:  # one plot must not cost the whole report
-                blocks.append(("p", f"The {kind.replace('_', ' ')} plot failed: {type(e).__name__}: {e}"))
-    blocks += _crossover_blocks(df, out)
+def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[Block]:
+    agg = aggregate(g)
+    title = _setting_title(setting)
+    blocks = [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
+    if agg.empty:
+        return blocks
+    blocks += _tables(agg)
+    full = agg[agg.strategy == "full"]
+    if not full.empty:
+        blocks.append(("h3", "Why"))
+        blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
+    suffix = f"_{n + 1}" if n else ""
+    for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
+                     ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
+        try:
+            fn(agg, title, out, kind + suffix)
+            blocks.append(("img", kind + suffix, kind.replace("_", " ")))
+        except Exception as e:  # one plot must not cost the whole report
+            blocks.append(("p", f"The {kind.replace('_', ' ')} plot failed: {type(e).__name__}: {e}"))
+    return blocks
+
+
+def _failure_blocks(df: pd.DataFrame) -> list[Block]:
     failed = df[~df.status.isin(["ok", "duplicate"])]
-    blocks.append(("h2", "Records that did not end ok"))
+    blocks: list[Block] = [("h2", "Records that did not end ok")]
     if failed.empty:
-        blocks.append(("p", "None: every job ended ok."))
+        blocks.append(("p", "None: every job ended ok." if len(df) else "None: there were no jobs."))
     else:
         blocks.append(("table", pd.DataFrame({
             "job": failed.path, "status": failed.status,
@@ -164,6 +172,31 @@ def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
         blocks += [("h2", "Reported once"),
                    ("p", f"{len(dup)} jobs measured a configuration already measured in this sweep (their "
                          f"strategy ignores the keys that differed); each is reported once.")]
+    return blocks
+
+
+def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
+    """Read every record under `dirs`, write the report into `out`; returns report.md's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_records(dirs)
+    blocks: list[Block] = [("h1", "lora-bench report"),
+                           ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
+                                 f"under {', '.join(str(d) for d in dirs)}; built "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")]
+    warnings = unstable_jobs(df) if not df.empty else []
+    if warnings:
+        blocks += [("h2", "Warning: jobs measured on a busy machine"), ("ul", warnings)]
+    table = with_ratios(df).drop(columns=["step_samples"]) if not df.empty else \
+        pd.DataFrame(columns=["path", "status", "reason"])  # the steps themselves stay in steps.jsonl
+    table.to_csv(out / "summary.csv", index=False)
+    for n, (setting, g) in enumerate(settings(df)):
+        try:
+            blocks += _setting_blocks(n, setting, g, out)
+        except Exception as e:  # one setting must not cost the others
+            blocks.append(("p", f"Setting {n + 1} could not be reported: {type(e).__name__}: {e}"))
+    blocks += _crossover_blocks(df[df.unstable != True], out)  # noqa: E712
+    blocks += _failure_blocks(df)
     md = _render_md(blocks)
     (out / "report.md").write_text(md)
     if html:  # plots embedded: one file to send, but heavy; the committed references skip it

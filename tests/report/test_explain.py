@@ -1,5 +1,5 @@
 
-from bench.report.explain import aggregate, explain, verdict
+from bench.report.explain import aggregate, explain, unstable_jobs, verdict
 from bench.report.load import load_records
 from tests.fixtures import FAST_BY_OPTIMIZER, FULL_BIG_OPT, SLOW_BY_OPS, record, write
 
@@ -46,5 +46,41 @@ def test_verdict_names_fastest_least_memory_and_slow_lora(tmp_path):
     agg = _agg(tmp_path, record(), record(**SLOW_BY_OPS), record(**FAST_BY_OPTIMIZER))
     text = verdict(agg)
     assert "Fastest: lora_qk r=8 (13.00 ms" in text
-    assert "Least memory: lora_" in text
-    assert "Slower than full fine-tuning: lora_all r=8 (1.50x; largest cost: the extra operations)" in text
+    # Both LoRA configurations hold exactly the same bytes: a tie, not a winner.
+    assert "Least memory: a tie between lora_all r=8, lora_qk r=8 (" in text
+    assert "Slower than full fine-tuning: lora_all r=8 (1.50x, 95% interval 1.4" in text
+    assert "largest cost: the extra operations)" in text
+
+
+def test_a_small_or_uncertain_difference_is_no_verdict(tmp_path):
+    # 3% slower with tight steps: the interval lies above 1, but the effect is under the 5% minimum.
+    agg = _agg(tmp_path, record(spread=(19.9, 20.1)), record(strategy="lora_qk", rank=8, step=20.6,
+                                                            spread=(20.5, 20.7)))
+    row = agg.loc["lora_qk r=8"]
+    assert row.vs_full_lo > 1 and row.verdict == "same"
+    assert "no measurable difference" in explain(row, agg.loc["full"])
+    assert "cannot tell them apart" in explain(row, agg.loc["full"])
+
+
+def test_unstable_jobs_take_no_part_and_are_named(tmp_path):
+    busy = {"unstable": True, "reason": "its threads waited for a CPU 70% of the time (limit 10%)", "steps": 11}
+    write(tmp_path, "0", record())
+    write(tmp_path, "1", record(strategy="lora_qk", rank=8, step=400.0, spread=(30.0, 900.0), stability=busy,
+                                identity={**record(strategy="lora_qk", rank=8)["identity"],
+                                          "overrides": ["strategy=lora_qk", "lora.rank=8"]}))
+    df = load_records([tmp_path])
+    agg = aggregate(df)
+    assert list(agg.label) == ["full"] and "slower" not in verdict(agg).lower().replace("measurably slower", "")
+    (line,) = unstable_jobs(df)
+    assert "waited for a CPU 70%" in line and line.endswith("python -m bench.run strategy=lora_qk lora.rank=8")
+
+
+def test_best_loss_per_second_needs_a_clear_drop(tmp_path):
+    loss = lambda start, end, noise: {"first": 5.5, "last": 4.0, "eval_start": start, "eval_end": end,  # noqa: E731
+                                      "floor": 1.0, "eval_noise": noise}
+    agg = _agg(tmp_path, record(loss=loss(5.0, 5.01, 0.01)),                      # rose: never wins
+               record(**FAST_BY_OPTIMIZER, loss=loss(5.0, 4.999, 0.01)),          # within the noise
+               record(**SLOW_BY_OPS, loss=loss(5.0, 4.5, 0.01)))                  # a clear drop
+    assert "Best loss per second: lora_all r=8 (" in verdict(agg) and "only the 1 of 3" in verdict(agg)
+    agg = _agg(tmp_path / "none", record(loss=loss(5.0, 5.01, 0.01)), record(**SLOW_BY_OPS, loss=loss(5.0, 4.99, 0.01)))
+    assert "No loss verdict: no configuration's eval loss fell by more than twice" in verdict(agg)
