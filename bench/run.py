@@ -105,9 +105,10 @@ def expand_repeats(argv: list[str]) -> list[str]:
 
 
 def cli() -> None:
+    signals.install()  # first: a Ctrl-C during the checks below is a flag too
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
-    signals.install()
+    signals.check()
     try:
         main()
     except KeyboardInterrupt:

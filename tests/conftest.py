@@ -48,3 +48,13 @@ def trainer_of(cfg, s):
     from bench.measure.trainer import Trainer
 
     return Trainer(s.model, cfg, s.adapters["B"])
+
+
+def reported(md: str, label: str) -> bool:
+    """A configuration is in a report's tables, or, measured on a busy machine (a shared CI runner),
+    named in the warning that leaves it out of the verdicts."""
+    if f"| {label} |" in md:
+        return True
+    warning = md.split("## Warning: jobs measured on a busy machine")[1].split("\n## ")[0] if "## Warning" in md else ""
+    strategy, _, rank = label.partition(" ")
+    return any(f": {strategy}{(' ' + rank) if rank else ''} was left out" in ln for ln in warning.splitlines())

@@ -119,6 +119,7 @@ def test_resume_runs_only_the_missing_jobs(tmp_path):
     assert first.stat().st_mtime_ns == mtime               # the finished job was not touched
     assert _statuses(sweep) == ["ok", "ok", "ok"]
     assert list((sweep / "2").glob("metrics.replaced-*.json"))  # the failed record is kept aside
+    assert list((sweep / "2").glob("steps.replaced-*.jsonl"))   # and so are its steps
 
 
 def test_config_key_ignores_what_does_not_change_the_measurement():
@@ -159,3 +160,85 @@ def test_cuda_out_of_memory_before_training_is_an_oom_record(tmp_path, monkeypat
     monkeypatch.setattr(job_mod, "setup", oom)
     rec = run_job(compose_cfg(FAST), tmp_path)
     assert rec.status == "oom" and rec.outcome.failed_step is None and "before training" in rec.outcome.reason
+
+
+SWEEP = ["-m", "strategy=full,lora_qk,lora_all,lora_last", *[o for o in FAST if not o.startswith("train.steps")],
+         "train.steps=40"]
+
+
+def test_sigint_at_any_moment_stops_the_sweep_with_a_non_zero_exit(tmp_path):
+    """SIGINT at many offsets: while Python starts, during a step, between jobs, in the report."""
+    started = 0
+    for n, offset in enumerate([0.3, 2.0, 3.0, 4.0, 5.0, 6.0, 7.5, 9.0, 11.0]):
+        sweep = tmp_path / f"s{n}"
+        proc = subprocess.Popen([sys.executable, "-m", "bench.run", *SWEEP, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(offset)
+        if proc.poll() is not None:  # it finished first: nothing to interrupt at this offset
+            continue
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0, (offset, err[-1500:])
+        assert "Exception ignored" not in err, (offset, err[-1500:])
+        if sweep.exists():  # the sweep had begun: it says so, and what it measured is reported
+            started += 1
+            # 130: stopped by the flag; -SIGINT: the signal came as Python was exiting after the sweep.
+            assert proc.returncode in (130, -signal.SIGINT), (offset, err[-1500:])
+            assert "Traceback" not in err, (offset, err[-1500:])
+            assert not (sweep / "3" / "metrics.json").exists() or (sweep / "report" / "report.md").exists()
+            for job in sweep.glob("[0-9]*"):
+                rec = json.loads((job / "metrics.json").read_text())
+                assert rec["status"] in ("ok", "interrupted", "duplicate"), (offset, rec["status"])
+    assert started >= 4
+
+
+def test_every_unreadable_record_is_listed_and_the_rest_reported(tmp_path):
+    from bench.report import build_report
+    from tests.fixtures import record, write
+
+    root = tmp_path / "mixed"
+    write(root, "0", record())
+    write(root, "lora_run", record(strategy="lora_qk", rank=8, step=15.0, spread=(14.0, 16.0)))  # a name and a number
+    write(root, "cut", '{"schema": 2, "status": "ok", "ti')
+    write(root, "typed", {**record(), "params": {"total": "many", "trainable": 1}})
+    md = build_report([root], tmp_path / "out").read_text()
+    assert "| lora_qk r=8 |" in md and "| full |" in md
+    failed = md.split("## Records that did not end ok")[1]
+    assert "cut/metrics.json: not a readable JSON record" in failed
+    assert "typed/metrics.json: params.total: expected int" in failed
+
+
+def test_bad_values_in_a_sweep_and_a_single_run_are_invalid_records(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "strategy=lora_qk", "lora.rank=8,abc", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]  # an invalid cell is a finding of a sweep
+    assert _statuses(sweep) == ["ok", "invalid"]
+    failed = (sweep / "report" / "report.md").read_text().split("## Records that did not end ok")[1]
+    assert "lora.rank: expected an integer, got 'abc'" in failed
+    run = tmp_path / "run"
+    res = run_cli(["lora.rank=[1,2]", "strategy=lora_qk", *FAST, f"hydra.run.dir={run}"], cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert json.loads((run / "metrics.json").read_text())["outcome"]["key"] == "lora.rank"
+    res = subprocess.run([sys.executable, "-m", "bench.report", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and "| invalid |" in (run / "report" / "report.md").read_text()
+
+
+def test_a_report_that_fails_makes_the_sweep_fail(tmp_path, capsys):
+    from bench.cli import REPORT_FAILED, report_sweep
+    from bench.run import exit_code
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "report").write_text("a file where the report's folder should be")
+    assert report_sweep(sweep) is False and REPORT_FAILED[-1] == sweep
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"python -m bench.report {sweep}" in err
+    REPORT_FAILED.clear()
+    assert exit_code([("ok", True)], report_ok=False) == 1
+
+
+def test_a_directory_without_records_is_one_line_and_non_zero(tmp_path):
+    (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
+    res = subprocess.run([sys.executable, "-m", "bench.report", str(tmp_path / "empty")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no job records" in res.stderr

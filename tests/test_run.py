@@ -5,12 +5,17 @@ from bench.run import exit_code
 from tests.conftest import FAST, ROOT, run_cli
 
 
-def test_exit_codes():
+def test_exit_codes_follow_one_rule_for_runs_and_sweeps():
     assert exit_code([("ok", False)]) == 0
+    assert exit_code([("diverged", False)]) == 0 and exit_code([("oom", False)]) == 0  # findings
     assert exit_code([("invalid", False)]) == 2
-    assert exit_code([("ok", True), ("invalid", True), ("diverged", True)]) == 0  # findings
-    assert exit_code([("ok", True), ("error", True)]) == 1
+    assert exit_code([("invalid", True), ("invalid", True)]) == 2  # nothing measured: bad input
+    assert exit_code([("ok", True), ("invalid", True), ("diverged", True)]) == 0
+    assert exit_code([("ok", True), ("error", True)]) == 1 and exit_code([("error", False)]) == 1
+    assert exit_code([("ok", True)], report_ok=False) == 1
     assert exit_code([("ok", True), ("interrupted", True)]) == 130
+    assert exit_code([("ok", True)], stopped=True) == 130  # a signal after the last job
+    assert exit_code([]) == 1
 
 
 def test_real_multirun_writes_one_record_per_job(tmp_path):

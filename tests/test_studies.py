@@ -1,4 +1,7 @@
 """Study presets: each composes, expands to its intended grid, and every job is a valid config."""
+import subprocess
+import sys
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -6,7 +9,7 @@ from bench.config import load_config
 from bench.cli import group_options
 from bench.job import config_key
 from bench.studies import expand
-from tests.conftest import ROOT, compose_cfg, run_cli
+from tests.conftest import reported, ROOT, compose_cfg, run_cli
 
 # study -> (jobs Hydra launches, distinct measurements after `full` dedup)
 GRIDS = {
@@ -19,6 +22,7 @@ GRIDS = {
     "init": (24, 13),              # full once + 2 inits x 2 scalings x 3 LoRA+ ratios
     "overhead": (10, 10),
     "backends": (48, 48),
+    "launch_bound": (6, 6),        # 3 repeats x (full, lora_all)
 }
 
 
@@ -71,4 +75,12 @@ def test_minimind_88_cpu_runs_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     md = (sweep / "report" / "report.md").read_text()
     for label in ("full", "lora_all r=2", "lora_all r=8", "lora_qk r=8", "lora_last r=8"):
-        assert f"| {label} |" in md
+        assert reported(md, label), label
+
+
+def test_studies_help_and_a_study_without_plus():
+    res = subprocess.run([sys.executable, "-m", "bench.studies", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and "python -m bench.studies" in res.stdout
+    res = run_cli(["study=depth"], cwd=ROOT, timeout=120)
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(err) == 1 and "write +study=depth" in err[0]
