@@ -28,12 +28,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+# References that are a command line rather than a study preset: the README's own sweep.
+COMMANDS = {"quickstart": ["-m", "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8,32", "repeats=3"]}
+
+
 def run_study(name: str) -> Path:
     sweep = ROOT / "results" / "multirun" / f"ref_{name}"
     if sweep.exists():
         shutil.rmtree(sweep)
     t = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "bench.run", f"+study={name}", "train.progress=false",
+    args = COMMANDS.get(name, [f"+study={name}"])
+    rc = subprocess.call([sys.executable, "-m", "bench.run", *args, "train.progress=false",
                           f"hydra.sweep.dir={sweep}"], cwd=ROOT)
     print(f"{name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
     records = sorted(sweep.glob("*/metrics.json"))
@@ -51,7 +56,7 @@ def run_study(name: str) -> Path:
             if (p.parent / f).exists():
                 shutil.copy(p.parent / f, job / f)
     (dest / "COMMAND.md").write_text(
-        f"`python -m bench.run +study={name}` on {machine}, exit status {rc}, "
+        f"`python -m bench.run {' '.join(args)}` on {machine}, exit status {rc}, "
         f"{time.perf_counter() - t:.0f} s wall time, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
         f"Rebuild the report from the records: `python -m bench.report {dest.relative_to(ROOT)}/records "
         f"--out <dir>`.\n")

@@ -116,14 +116,14 @@ _NAMES = {  # (term, sign) -> how the sentence names it
 
 
 def _head(row: pd.Series, full: pd.Series) -> str:
-    t, tf = row.step_ms, full.step_ms
+    """The verdict, with the ratio t_config / t_full and its interval (the interval is of that ratio)."""
     ci = (f"95% interval {row.vs_full_lo:.2f}-{row.vs_full_hi:.2f}x" if row.vs_full_lo == row.vs_full_lo
           else "no interval: no timed steps on disk")
+    figures = f"{row.step_ms:.2f} vs {full.step_ms:.2f} ms per step, {row.vs_full:.2f}x; {ci}"
     if row.verdict == "same":
-        return (f"{row.label}: no measurable difference from full fine-tuning ({t:.2f} vs {tf:.2f} ms per step, "
-                f"{row.vs_full:.2f}x; {ci})")
+        return f"{row.label}: no measurable difference from full fine-tuning ({figures})"
     word, ratio = ("slower", row.vs_full) if row.verdict == "slower" else ("faster", 1 / row.vs_full)
-    return f"{row.label}: {ratio:.2f}x {word} than full fine-tuning ({t:.2f} vs {tf:.2f} ms per step; {ci})"
+    return f"{row.label}: {ratio:.2f}x {word} than full fine-tuning ({figures})"
 
 
 def explain(row: pd.Series, full: pd.Series) -> str:
@@ -170,7 +170,10 @@ def _best(agg: pd.DataFrame, values: pd.Series, lowest: bool) -> str:
     """The configuration with the lowest (or highest) value; several with the same value are a tie."""
     top = values.min() if lowest else values.max()
     winners = list(agg.label[values == top])
-    return winners[0] if len(winners) == 1 else "a tie between " + ", ".join(winners)
+    if len(winners) == 1:
+        return winners[0]
+    named = ", ".join(winners[:3]) + (f" and {len(winners) - 3} more" if len(winners) > 3 else "")
+    return f"a tie between {len(winners)} configurations ({named})"
 
 
 def _loss_verdict(agg: pd.DataFrame) -> str:

@@ -47,7 +47,7 @@ def test_verdict_names_fastest_least_memory_and_slow_lora(tmp_path):
     text = verdict(agg)
     assert "Fastest: lora_qk r=8 (13.00 ms" in text
     # Both LoRA configurations hold exactly the same bytes: a tie, not a winner.
-    assert "Least memory: a tie between lora_all r=8, lora_qk r=8 (" in text
+    assert "Least memory: a tie between 2 configurations (lora_all r=8, lora_qk r=8) (" in text
     assert "Slower than full fine-tuning: lora_all r=8 (1.50x, 95% interval 1.4" in text
     assert "largest cost: the extra operations)" in text
 
