@@ -1,22 +1,33 @@
 """The project's GPU check: run it on a machine with a CUDA device.
 
-    python benchmarks/gpu_check.py OUT_DIR
+    python benchmarks/gpu_check.py OUT_DIR [--only PART,PART...]
 
-1. the whole test suite, CUDA tests included (tests/test_cuda.py);
-2. the minimind_88 study (minimind_v1, batch 32, seq 512, bf16): full against lora_all with
-   the head at ranks 2 and 8, lora_qk and lora_last, 3 repeats;
-3. the phase-timing overhead study on the GPU.
-Everything lands in OUT_DIR: the sweeps' records, the logs, and summary.md made by the
-project's own summary and overhead commands.
+Parts, in order (each fits one 10-minute call of a lent GPU machine; pick some with --only):
+  tests         the whole test suite, CUDA tests included (tests/test_cuda.py)
+  minimind_88   +study=minimind_88: minimind_v1, batch 32 x seq 512, bf16; full against lora_all
+                with the head at ranks 2 and 8, lora_qk and lora_last, 3 repeats
+  launch_bound  +study=launch_bound device=cuda: the launch-bound corner on the GPU
+  crossover_gpu +study=crossover_gpu: lora_all and lora_qk against full over width x tokens
+  backends      +study=backends device=cuda: the native layer against PEFT's
+  overhead      +study=overhead device=cuda: does phase timing change the step?
+Each sweep's records and report land in OUT_DIR/<part>/, the log in OUT_DIR/gpu_check.log,
+summary.md from the project's own `python -m bench.report --table`, and everything packed in
+OUT_DIR/gpu_check.tar.gz (one file to fetch). File them with benchmarks/reference.py --file.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STUDIES = {"minimind_88": [], "launch_bound": ["device=cuda"], "crossover_gpu": [],
+           "backends": ["device=cuda"], "overhead": ["device=cuda"]}
+PARTS = ["tests", *STUDIES]
 
 
 def sh(args: list[str], log: Path) -> int:
@@ -31,35 +42,53 @@ def sh(args: list[str], log: Path) -> int:
     return rc
 
 
-def main(out: Path) -> int:
+def main(out: Path, parts: list[str]) -> int:
     import torch
 
     if not torch.cuda.is_available():
         print("error: no CUDA device; this check is for a GPU machine", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "gpu_check.log"
-    py = sys.executable
-    rcs = [sh([py, "-m", "pytest", "-q", "-rs", "tests/"], log)]
-    rcs.append(sh([py, "-m", "bench.run", "+study=minimind_88", "train.progress=false",
-                   f"hydra.sweep.dir={out / 'minimind_88'}"], log))
-    rcs.append(sh([py, "-m", "bench.run", "+study=overhead", "device=cuda", "train.progress=false",
-                   f"hydra.sweep.dir={out / 'overhead'}"], log))
+    log, py, rcs = out / "gpu_check.log", sys.executable, []
+    for part in parts:
+        if part == "tests":
+            rcs.append(sh([py, "-m", "pytest", "-q", "-rs", "tests/"], log))
+            continue
+        rcs.append(sh([py, "-m", "bench.run", f"+study={part}", *STUDIES[part], "train.progress=false",
+                       f"hydra.sweep.dir={out / part}"], log))
     with (out / "summary.md").open("w") as f:
         f.write(f"# GPU check on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n")
-        f.write("## +study=minimind_88: the report's verdict and tables are in minimind_88/report/\n\n")
-        f.flush()
-        subprocess.call([py, "-m", "bench.report", str(out / "minimind_88"), "--table"], cwd=ROOT, stdout=f)
-        f.write("\n## Phase-timing overhead (python benchmarks/overhead.py)\n\n```\n")
-        f.flush()
-        subprocess.call([py, "benchmarks/overhead.py", str(out / "overhead")], cwd=ROOT, stdout=f,
-                        env={"PYTHONPATH": str(ROOT), **__import__("os").environ})
-        f.write("```\n")
+        for part in [p for p in parts if p in STUDIES]:
+            f.write(f"## +study={part} (report: {part}/report/report.md)\n\n")
+            f.flush()
+            subprocess.call([py, "-m", "bench.report", str(out / part), "--table"], cwd=ROOT, stdout=f)
+        if "overhead" in parts:
+            f.write("\n## Phase-timing overhead (python benchmarks/overhead.py)\n\n```\n")
+            f.flush()
+            subprocess.call([py, "benchmarks/overhead.py", str(out / "overhead")], cwd=ROOT, stdout=f,
+                            env={"PYTHONPATH": str(ROOT), **os.environ})
+            f.write("```\n")
+        if "backends" in parts:
+            f.write("\n## Native against PEFT (python benchmarks/backends.py)\n\n```\n")
+            f.flush()
+            subprocess.call([py, "benchmarks/backends.py", str(out / "backends")], cwd=ROOT, stdout=f,
+                            env={"PYTHONPATH": str(ROOT), **os.environ})
+            f.write("```\n")
+    with tarfile.open(out / "gpu_check.tar.gz", "w:gz") as tar:
+        for p in sorted(out.iterdir()):
+            if p.name != "gpu_check.tar.gz":
+                tar.add(p, arcname=p.name)
     print((out / "summary.md").read_text())
-    return max(rcs)
+    return max(rcs, default=0)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    sys.exit(main(Path(sys.argv[1])))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of: {', '.join(PARTS)}")
+    args = ap.parse_args()
+    chosen = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PARTS]
+    if unknown:
+        sys.exit(f"error: --only {unknown[0]!r} is not one of {', '.join(PARTS)}")
+    sys.exit(main(args.out, chosen))

@@ -3,6 +3,7 @@
     python benchmarks/reference.py minimind_88_cpu depth ...   # run these studies, then index
     python benchmarks/reference.py --index                     # only rebuild results/reference/README.md
     python benchmarks/reference.py --rebuild                   # rebuild every report from its records
+    python benchmarks/reference.py --file OUT/minimind_88 minimind_88   # file a sweep run elsewhere (a GPU)
 
 Each study runs as `python -m bench.run +study=<name>` into results/multirun/ref_<name>; its
 report and records (metrics.json, steps.jsonl) are copied to results/reference/<name>/<machine>/,
@@ -41,6 +42,12 @@ def run_study(name: str) -> Path:
     rc = subprocess.call([sys.executable, "-m", "bench.run", *args, "train.progress=false",
                           f"hydra.sweep.dir={sweep}"], cwd=ROOT)
     print(f"{name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+    return file_sweep(sweep, name, f"`python -m bench.run {' '.join(args)}`, exit status {rc}, "
+                                   f"{time.perf_counter() - t:.0f} s wall time")
+
+
+def file_sweep(sweep: Path, name: str, how: str) -> Path:
+    """Copy a finished sweep's records and report to results/reference/<name>/<machine>/."""
     records = sorted(sweep.glob("*/metrics.json"))
     machine = next((json.loads(p.read_text()).get("env", {}).get("machine") for p in records
                     if json.loads(p.read_text()).get("env")), "unknown machine")
@@ -56,8 +63,7 @@ def run_study(name: str) -> Path:
             if (p.parent / f).exists():
                 shutil.copy(p.parent / f, job / f)
     (dest / "COMMAND.md").write_text(
-        f"`python -m bench.run {' '.join(args)}` on {machine}, exit status {rc}, "
-        f"{time.perf_counter() - t:.0f} s wall time, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
+        f"{how}, on {machine}, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
         f"Rebuild the report from the records: `python -m bench.report {dest.relative_to(ROOT)}/records "
         f"--out <dir>`.\n")
     return dest
@@ -101,6 +107,10 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
+    if args[0] == "--file" and len(args) == 3:
+        print(f"filed: {file_sweep(Path(args[1]), args[2], f'`+study={args[2]}` (benchmarks/gpu_check.py)')}")
+        index()
+        sys.exit(0)
     if "--rebuild" in args:
         rebuild()
     for name in [a for a in args if not a.startswith("--")]:
