@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.profiler import record_function
 
 from bench.config import BenchConfig
 from bench.measure import counters
@@ -76,6 +77,11 @@ class Trainer:
         return sum(float(x.detach()) for x in losses) / n, timings
 
     def _update(self) -> None:
+        # A named range: the profiled step (bench/measure/attribution.py) files this as optimizer.
+        with record_function("lb::optimizer"):
+            self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.clip > 0:

@@ -51,7 +51,8 @@ def test_a_real_sweep_ends_with_its_report(tmp_path):
     for label in ("full", "lora_all r=8", "lora_last r=8"):
         assert reported(md, label), label
     assert "Cost model constants, measured on this machine" in md or "| full |" not in md
-    assert all((sweep / "report" / f"{p}.png").exists() for p in PLOTS)
+    if "### Time" in md:  # a setting with stable jobs (a busy runner can leave none): its plots
+        assert all((sweep / "report" / f"{p}.png").exists() for p in PLOTS)
 
 
 def test_crossover_map_with_an_oom_cell(tmp_path):
