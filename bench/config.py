@@ -111,6 +111,7 @@ class TrainConfig:
     precision: str
     seed: int
     phases: bool
+    profile: bool
     eval_batches: int
     progress: bool
     max_host_memory_gb: Optional[float]

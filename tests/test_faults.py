@@ -51,7 +51,7 @@ def test_cuda_out_of_memory_in_a_step_is_an_oom_record(tmp_path, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     _fail_at(monkeypatch, 4, oom)
-    rec = run_job(compose_cfg([*FAST, "train.steps=5"]), tmp_path)
+    rec = run_job(compose_cfg([*FAST, "train.steps=5", "train.profile=false"]), tmp_path)
     assert rec.status == "oom" and rec.outcome.oom_where == "cuda" and rec.outcome.failed_step == 4
     assert "20.00 GiB" in rec.outcome.reason
     # What was measured before the failure is kept: first, counting, one warm-up, one timed step.
@@ -72,7 +72,8 @@ def test_host_memory_cap_stops_the_job_during_a_step(tmp_path, monkeypatch):
         time.sleep(0.5)  # the guard samples every 50 ms: it must fire inside this step
 
     _fail_at(monkeypatch, 4, allocate)
-    rec = run_job(compose_cfg([*FAST, "train.steps=5", f"train.max_host_memory_gb={cap_gb:.3f}"]), tmp_path)
+    rec = run_job(compose_cfg([*FAST, "train.steps=5", "train.profile=false", f"train.max_host_memory_gb={cap_gb:.3f}"]),
+                  tmp_path)
     hog.clear()
     assert rec.status == "oom" and rec.outcome.oom_where == "host" and rec.outcome.failed_step == 4, rec.outcome and rec.outcome.reason
     assert "train.max_host_memory_gb" in rec.outcome.reason

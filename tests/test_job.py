@@ -34,7 +34,8 @@ def test_run_job_writes_a_complete_record(tmp_path):
     # 2 trainable (A, B) per adapted layer, 2 adapted layers per block.
     assert rec.memory.grads_bytes == 4 * rec.params.trainable
     steps = read_steps(tmp_path / "steps.jsonl")
-    assert [s["kind"] for s in steps] == ["first", "count", "warmup", "timed", "timed", "timed"]
+    assert [s["kind"] for s in steps] == ["first", "count", "profile", "warmup", "timed", "timed", "timed"]
+    assert rec.attribution.step_ms > 0 and rec.attribution.categories["adapter_matmul"] > 0
     assert rec.work.counted_step == 1  # steady state: AdamW made its state on step 0
     assert {"step", "loss", "step_ms", "forward_ms", "backward_ms", "optimizer_ms"} <= set(steps[-1])
     timed = [s["step_ms"] for s in steps if s["kind"] == "timed"]

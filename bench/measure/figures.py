@@ -39,6 +39,7 @@ class JobFigures:
         self.elapsed = 0.0
         self.steps_done = 0
         self.step_now = 0  # the step in progress: where a failure happened
+        self.extra_updates = 0  # optimizer updates beyond one per step (the profiler's warm-up)
 
     def on_step(self, i: int, kind: str, loss: float, timings: dict) -> dict:
         """Step i ended with `loss`; returns its steps.jsonl row. Raises Diverged on NaN or inf."""
@@ -47,7 +48,7 @@ class JobFigures:
             self.elapsed += timings["step_ms"] / 1e3
             row.update(timings, elapsed_s=self.elapsed)
         self.rows.append(row)
-        self.steps_done = i + 1
+        self.steps_done = i + 1 + self.extra_updates
         if not math.isfinite(loss):
             raise Diverged(i, self.rec.loss.last)
         if self.rec.loss.first is None:

@@ -2,7 +2,10 @@
 
     step 0        first   untimed; AdamW creates its state lazily here, the allocator warms up
     step 1        count   untimed; FLOPs, operations, saved activations, gradient and optimizer-
-                          state bytes, counted in steady state; peak counters reset after it
+                          state bytes, counted in steady state
+    step 2        profile untimed, with train.profile: the step under torch.profiler, twice (the first
+                          pays the profiler's start-up), split into categories (attribution);
+                          peak counters reset after it
                   eval    loss.eval_start: the training clock starts at 0
     warmup_steps  warmup  on the clock, not in the step statistics
     steps         timed   on the clock and in the statistics (time.step_ms, phases)
@@ -26,16 +29,16 @@ from bench import signals
 from bench.build.setup import Setup
 from bench.config import BenchConfig
 from bench.measure import counters, memory
+from bench.measure.attribution import profile_step
 from bench.measure.calibrate import calibrate
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
 from bench.measure.stability import ContentionProbe, gpu_neighbours
 from bench.measure.timer import StepTimer
 from bench.measure.trainer import Trainer
-from bench.record.schema import Calibration, Memory, Params, Record, Work
+from bench.record.schema import Attribution, Calibration, Memory, Params, Record, Work
 from bench.record.store import STEPS, StepLog
 
 __all__ = ["Diverged", "OutOfMemory", "measure", "step_kind"]
-UNTIMED = ("first", "count")
 
 
 class OutOfMemory(RuntimeError):
@@ -46,8 +49,13 @@ class OutOfMemory(RuntimeError):
         super().__init__(f"out of {where} memory at step {step}: {detail}")
 
 
-def step_kind(i: int, warmup_steps: int) -> str:
-    return UNTIMED[i] if i < len(UNTIMED) else ("warmup" if i < len(UNTIMED) + warmup_steps else "timed")
+def untimed(profile: bool) -> tuple[str, ...]:
+    return ("first", "count", "profile") if profile else ("first", "count")
+
+
+def step_kind(i: int, warmup_steps: int, profile: bool = False) -> str:
+    head = untimed(profile)
+    return head[i] if i < len(head) else ("warmup" if i < len(head) + warmup_steps else "timed")
 
 
 def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int) -> float:
@@ -62,6 +70,16 @@ def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int
     return loss
 
 
+def _profile_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record) -> float:
+    """The attribution section: where one step's time goes, by category."""
+    losses = []
+    untimed_timer = StepTimer(micro[0].device, phases=False)
+    a = profile_step(lambda: losses.append(trainer.step(micro, untimed_timer)[0]), trainer.model, micro[0].device)
+    rec.attribution = Attribution(step_ms=a["step_ms"], categories=a["categories"], ops=a["ops"],
+                                  kernels=a.get("kernels"))
+    return losses[-1]
+
+
 def _host_cap(cfg: BenchConfig) -> int | None:
     gb = cfg.train.max_host_memory_gb
     return int(gb * 2**30) if gb else None
@@ -70,16 +88,20 @@ def _host_cap(cfg: BenchConfig) -> int | None:
 def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host) -> None:
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
-    n_steps = len(UNTIMED) + t.warmup_steps + t.steps
+    head = untimed(t.profile)
+    n_steps = len(head) + t.warmup_steps + t.steps
     timer, probe = StepTimer(device, phases=t.phases), ContentionProbe()
     bar = tqdm(total=n_steps, desc=cfg.strategy.name, unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
     try:
         for i, micro in enumerate(s.train_batches(cfg, n_steps)):
             figures.step_now = i
-            kind = step_kind(i, t.warmup_steps)
+            kind = step_kind(i, t.warmup_steps, t.profile)
             if kind == "count":
                 loss, timings = _count_step(trainer, micro, rec, i), {}
+            elif kind == "profile":
+                loss, timings = _profile_step(trainer, micro, rec), {}
+                figures.extra_updates += 1  # the profiler's warm-up step also updated the weights
             elif kind in ON_CLOCK:
                 probe.start()  # outside the timer's borders: reading /proc costs the step nothing
                 loss, timings = trainer.step(micro, timer)
@@ -87,12 +109,12 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             else:
                 loss, timings = trainer.step(micro, StepTimer(device, phases=False))
             log.write(figures.on_step(i, kind, loss, timings))
-            if kind == "count":
-                # The counters held extra references: peaks start after them.
+            if kind == head[-1]:
+                # The counters and the profiler held extra references: peaks start after them.
                 memory.reset_peaks(device)
                 host.reset()
                 figures.on_eval(trainer.evaluate(s.eval_batches))
-            elif kind in ON_CLOCK and t.eval_every and i + 1 < n_steps and (i - 1) % t.eval_every == 0:
+            elif kind in ON_CLOCK and t.eval_every and i + 1 < n_steps and (i + 1 - len(head)) % t.eval_every == 0:
                 figures.on_eval(trainer.evaluate(s.eval_batches))
             bar.update(1)
             signals.check()  # Ctrl-C or SIGTERM: stop here, between steps, with the record intact

@@ -167,6 +167,16 @@ class Stability:
 
 
 @dataclass
+class Attribution:
+    """One untimed profiled step, split by category (bench/measure/attribution.py). The categories
+    other than gpu_idle add up to step_ms; gpu_idle is device time, overlapping them."""
+    step_ms: float
+    categories: dict
+    ops: dict
+    kernels: Optional[int] = None
+
+
+@dataclass
 class EvalPoint:
     step: int
     elapsed_s: float
@@ -199,6 +209,7 @@ class Record:
     eval_curve: list[EvalPoint] = field(default_factory=list)
     calibration: Optional[Calibration] = None
     stability: Optional[Stability] = None
+    attribution: Optional[Attribution] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     def to_json(self) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import stats
-from bench.report.load import SETTING, variant_label, varying_keys
+from bench.report.load import ATTRIBUTION, SETTING, variant_label, varying_keys
 
 DISAGREE = 0.20
 
@@ -49,7 +49,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _MEDIANS = ("forward_ms", "backward_ms", "optimizer_ms", "step_mean_ms", "forward_mean_ms", "backward_mean_ms",
-            "optimizer_mean_ms", "tokens_per_s", "device_peak_bytes", "host_peak_rss_bytes",
+            "optimizer_mean_ms", "attr_step_ms", *[f"attr_{c}_{u}" for c in ATTRIBUTION for u in ("ms", "ops")], "tokens_per_s", "device_peak_bytes", "host_peak_rss_bytes",
             "weights_bytes", "grads_bytes", "optimizer_state_bytes", "activations_bytes", "params_trainable",
             "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end", "loss_floor", "train_s",
             "matmul_flops_per_s", "op_overhead_s", "to_target_s", "steps_to_target", "target_loss", "eval_noise")
@@ -126,8 +126,37 @@ def _head(row: pd.Series, full: pd.Series) -> str:
     return f"{row.label}: {ratio:.2f}x {word} than full fine-tuning ({figures})"
 
 
+CATEGORY_NAMES = {"base_matmul": "base matmuls", "adapter_matmul": "adapter matmuls",
+                  "adapter_other": "other adapter operations", "attention": "attention",
+                  "norm_activation_other": "norms, activations and the rest", "gradients": "gradient accumulation",
+                  "optimizer": "optimizer", "framework": "framework overhead", "gpu_idle": "GPU idle"}
+
+
+def measured_deltas(row: pd.Series, full: pd.Series) -> dict[str, float]:
+    """Per category, this configuration's profiled-step ms less full fine-tuning's (empty without both)."""
+    out = {}
+    for c in ATTRIBUTION:
+        a, b = row.get(f"attr_{c}_ms"), full.get(f"attr_{c}_ms")
+        if a == a and b == b and a is not None and b is not None:
+            out[c] = a - b
+    return out
+
+
+def _measured(row: pd.Series, full: pd.Series) -> str:
+    """The measured sentence: the profiled step's largest category differences, largest first."""
+    d = measured_deltas(row, full)
+    if not d:
+        return ""
+    sign = {"slower": 1, "faster": -1}.get(row.verdict, 0)
+    ranked = sorted(d, key=lambda c: -d[c] * sign if sign else -abs(d[c]))
+    named = [f"{CATEGORY_NAMES[c]} {_signed_ms(d[c])}" for c in ranked[:3] if abs(d[c]) >= 0.005]
+    return (f" Measured on a profiled step ({row.attr_step_ms:.2f} vs {full.attr_step_ms:.2f} ms): "
+            + ", ".join(named) + ".")
+
+
 def explain(row: pd.Series, full: pd.Series) -> str:
-    """One or two sentences for one configuration against full fine-tuning of its setting."""
+    """One or two sentences for one configuration against full fine-tuning of its setting: the
+    verdict, then where the time went as measured, then the cost model's terms."""
     parts = []
     fl, op = row.flops_per_step / full.flops_per_step - 1, row.ops_per_step / full.ops_per_step - 1
     parts.append(f"{_pct(fl)} {'fewer' if fl < 0 else 'more'} FLOPs and {_pct(op)} "
@@ -139,13 +168,16 @@ def explain(row: pd.Series, full: pd.Series) -> str:
     parts.append(f"measured optimizer {row.optimizer_ms:.2f} vs {full.optimizer_ms:.2f} ms")
     if "backward stops early" in tm:
         parts.append(f"backward {row.backward_ms:.2f} vs {full.backward_ms:.2f} ms")
-    sentence = _head(row, full) + ". " + "; ".join(parts) + "."
+    measured = _measured(row, full)
+    sentence = _head(row, full) + "." + measured + " " + ("The cost model's terms: " if measured else "") \
+        + "; ".join(parts) + "."
     if row.verdict != "same":
         sign = 1 if row.verdict == "slower" else -1
         candidates = {k: v for k, v in tm.items() if v == v and np.sign(v) == sign}
         if candidates:
             top = max(candidates, key=lambda k: abs(candidates[k]))
-            sentence += f" The largest term in that direction: {_NAMES[(top, sign)]} ({_signed_ms(candidates[top])})."
+            which = "modelled term" if measured else "term"
+            sentence += f" The largest {which} in that direction: {_NAMES[(top, sign)]} ({_signed_ms(candidates[top])})."
         else:
             sentence += " None of the modelled terms points that way."
     pred, meas = row.predicted_vs_full, row.vs_full

@@ -43,6 +43,20 @@ def _stability(rec: Record) -> dict:
             "wait_fraction": None if st is None else st.wait_fraction, "drift": None if st is None else st.drift}
 
 
+# The attribution's categories (bench/measure/attribution.py), as the analysis reads them.
+ATTRIBUTION = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
+               "gradients", "optimizer", "framework", "gpu_idle")
+
+
+def _attribution(rec: Record) -> dict:
+    a = rec.attribution
+    out = {"attr_step_ms": None if a is None else a.step_ms}
+    for c in ATTRIBUTION:
+        out[f"attr_{c}_ms"] = None if a is None else a.categories.get(c)
+        out[f"attr_{c}_ops"] = None if a is None else a.ops.get(c)
+    return out
+
+
 def _sections(rec: Record) -> dict:
     """The measured figures: every field of the typed sections, None where a section is absent."""
     t, m, w, p, loss, cal = rec.time, rec.memory, rec.work, rec.params, rec.loss, rec.calibration
@@ -88,6 +102,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
+        **_attribution(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 

@@ -79,8 +79,8 @@ def _stacked(agg: pd.DataFrame, columns: list[tuple[str, str, str]], scale: floa
     ax.set_xticks(x, agg.label, rotation=30, ha="right", fontsize=8)
     for tick, s in zip(ax.get_xticklabels(), agg.strategy):
         tick.set_color(colour(s))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, name)
@@ -94,7 +94,7 @@ def time_split(agg, title, out, name):
     agg = agg.assign(other_mean_ms=(agg.step_mean_ms - phases).clip(lower=0))
     cols = [("forward_mean_ms", "forward", "#9ecae1"), ("backward_mean_ms", "backward", "#4292c6"),
             ("optimizer_mean_ms", "optimizer", "#fdae6b"), ("other_mean_ms", "other (outside the phases)", "#d9d9d9")]
-    return _stacked(agg, cols, 1.0, "mean time per step (ms); bars add up to the mean step",
+    return _stacked(agg, cols, 1.0, "mean ms per step (the bars add up to the mean step)",
                     f"Where the time goes\n{title}", out, name)
 
 
@@ -181,4 +181,32 @@ def crossover(cells: pd.DataFrame, strategy: str, out: Path, name: str) -> list[
     cb = fig.colorbar(im, ax=ax)
     cb.set_label("log2(t_lora / t_full): above 0 LoRA is slower")
     ax.set_title(f"{strategy} against full fine-tuning; black line: equal time", fontsize=9)
+    return _save(fig, out, name)
+
+
+ATTRIBUTION_COLOURS = {"base_matmul": "#4292c6", "adapter_matmul": "#E69F00", "adapter_other": "#fdae6b",
+                       "attention": "#9ecae1", "norm_activation_other": "#bdbdbd", "gradients": "#74c476",
+                       "optimizer": "#e6550d", "framework": "#756bb1", "gpu_idle": "#d9d9d9"}
+
+
+def attribution_deltas(deltas: pd.DataFrame, title: str, out: Path, name: str) -> list[Path]:
+    """Per configuration, the profiled step's category differences from full fine-tuning (ms):
+    bars right of 0 cost time, left of 0 save it; the black tick is the whole difference."""
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(deltas) + 1.8))
+    y = np.arange(len(deltas))
+    cats = [c for c in ATTRIBUTION_COLOURS if c in deltas.columns and c != "gpu_idle"]
+    pos, neg = np.zeros(len(deltas)), np.zeros(len(deltas))
+    for c in cats:
+        v = deltas[c].fillna(0).to_numpy(dtype=float)
+        left = np.where(v >= 0, pos, neg)
+        ax.barh(y, v, left=left, color=ATTRIBUTION_COLOURS[c], label=c.replace("_", " "))
+        pos, neg = pos + np.clip(v, 0, None), neg + np.clip(v, None, 0)
+    ax.scatter(deltas[cats].fillna(0).sum(axis=1), y, marker="|", s=400, color="black", zorder=3,
+               label="whole difference")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, deltas.index, fontsize=8)
+    ax.set_xlabel("profiled step: ms more (right) or less (left) than full fine-tuning")
+    ax.set_title(f"Where the difference goes, measured\n{title}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, name)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bench.report import plots, stats
-from bench.report.explain import aggregate, explain, settings, unstable_jobs, verdict
+from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
+                                  verdict)
 from bench.report.load import load_records, markdown, with_ratios
 
 MIB = 2 ** 20
@@ -141,10 +142,11 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[B
         return blocks
     blocks += _tables(agg)
     full = agg[agg.strategy == "full"]
+    suffix = f"_{n + 1}" if n else ""
     if not full.empty:
         blocks.append(("h3", "Why"))
         blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
-    suffix = f"_{n + 1}" if n else ""
+        blocks += _difference_blocks(agg, full.iloc[0], title, out, "attribution" + suffix)
     for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
                      ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
         try:
@@ -152,6 +154,30 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[B
             blocks.append(("img", kind + suffix, kind.replace("_", " ")))
         except Exception as e:  # one plot must not cost the whole report
             blocks.append(("p", f"The {kind.replace('_', ' ')} plot failed: {type(e).__name__}: {e}"))
+    return blocks
+
+
+def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path, name: str) -> list[Block]:
+    """Where the difference goes: each configuration's profiled step against full's, by category."""
+    rows = {r.label: measured_deltas(r, full) for _, r in agg.iterrows() if r.strategy != "full"}
+    rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return []
+    deltas = pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame({"configuration": deltas.index,
+                          **{CATEGORY_NAMES[c]: [_f(x, "+.2f") for x in deltas[c]] for c in deltas.columns},
+                          "whole difference": [_f(x, "+.2f") for x in deltas.drop(columns="gpu_idle",
+                                                                                   errors="ignore").sum(axis=1)]})
+    blocks: list[Block] = [("h3", "Where the difference goes (measured)"), ("table", table),
+                           ("p", "Milliseconds of one untimed step under torch.profiler, this configuration's "
+                                 "less full fine-tuning's, by category (bench/measure/attribution.py). The profiler "
+                                 "slows every operation, so these are shares of a longer step than the timed ones; "
+                                 "framework is the step's wall time that no operation accounts for.")]
+    try:
+        plots.attribution_deltas(deltas, title, out, name)
+        blocks.append(("img", name, "where the difference goes"))
+    except Exception as e:  # one plot must not cost the whole report
+        blocks.append(("p", f"The attribution plot failed: {type(e).__name__}: {e}"))
     return blocks
 
 

@@ -19,6 +19,7 @@ def _measured(tmp_path, *overrides):
 def test_step_kinds_in_order():
     assert [step_kind(i, 2) for i in range(6)] == ["first", "count", "warmup", "warmup", "timed", "timed"]
     assert [step_kind(i, 0) for i in range(3)] == ["first", "count", "timed"]
+    assert [step_kind(i, 1, profile=True) for i in range(5)] == ["first", "count", "profile", "warmup", "timed"]
 
 
 def test_the_counted_step_is_a_steady_state_step(tmp_path):
@@ -34,12 +35,17 @@ def test_the_counted_step_is_a_steady_state_step(tmp_path):
 
 
 def test_periodic_evaluations_run_on_the_clock(tmp_path):
-    cfg, rec, steps = _measured(tmp_path, "train.steps=6", "train.warmup_steps=1", "train.eval_every=2")
+    cfg, rec, steps = _measured(tmp_path, "train.steps=6", "train.warmup_steps=1", "train.eval_every=2",
+                                "train.profile=false")
     # eval_start after steps 0-1, then every 2 clock steps (not on the last: the final eval covers it).
     assert [e.step for e in rec.eval_curve] == [2, 4, 6, 8, 9]
     elapsed = {s["step"] + 1: s["elapsed_s"] for s in steps if s.get("elapsed_s") is not None}
     assert [e.elapsed_s for e in rec.eval_curve[1:]] == [elapsed[4], elapsed[6], elapsed[8], elapsed[9]]
     assert rec.time.train_s == elapsed[9] and rec.calibration.matmul_flops_per_s > 0
+    # With the profiled step: two more updates (the profiler's warm-up and the profiled step).
+    (tmp_path / "p").mkdir()
+    _, rec, _ = _measured(tmp_path / "p", "train.steps=6", "train.warmup_steps=1", "train.eval_every=2")
+    assert [e.step for e in rec.eval_curve] == [4, 6, 8, 10, 11] and rec.attribution is not None
 
 
 def test_the_memory_split_follows_the_closed_forms(tmp_path):

@@ -1,0 +1,70 @@
+"""The profiled step: categories that add up, adapters only where there are adapters, and
+operation counts that follow the number of adapted layers (native and PEFT alike)."""
+import pytest
+import torch
+
+from bench.measure.attribution import ADAPTER, CATEGORIES, gpu_idle_ms, module_categories, profile_step, split
+from bench.measure.timer import StepTimer
+from tests.conftest import built, trainer_of
+
+SMALL = ["model.dim=32", "model.n_heads=2", "model.n_kv_heads=1", "model.n_layers=4", "train.batch_size=1",
+         "train.seq_len=16"]
+CPU = torch.device("cpu")
+
+
+def _attribution(*overrides):
+    cfg, s = built(*SMALL, *overrides)
+    trainer = trainer_of(cfg, s)
+    micro = next(s.train_batches(cfg, 1))
+    return profile_step(lambda: trainer.step(micro, StepTimer(CPU, phases=False)), s.model, CPU)
+
+
+BACKENDS = ["native", pytest.param("peft", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("peft") is None, reason="needs the hf extra"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_categories_add_up_and_adapters_appear_only_with_lora(backend):
+    full = _attribution("strategy=full")
+    assert set(full["categories"]) == set(CATEGORIES)
+    assert sum(full["categories"].values()) == pytest.approx(full["step_ms"], rel=0.05)
+    assert all(full["categories"][c] == 0 and full["ops"][c] == 0 for c in ADAPTER)
+    for strategy in ("lora_all", "lora_qk", "lora_last"):
+        a = _attribution(f"strategy={strategy}", f"lora.backend={backend}")
+        assert sum(a["categories"].values()) == pytest.approx(a["step_ms"], rel=0.05), strategy
+        assert all(a["categories"][c] > 0 and a["ops"][c] > 0 for c in ADAPTER), (strategy, a)
+        assert a["ops"]["optimizer"] > 0 and a["ops"]["base_matmul"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_twice_the_adapted_layers_twice_the_adapter_operations(backend):
+    qk = _attribution("strategy=lora_qk", f"lora.backend={backend}")["ops"]      # 2 layers per block
+    attn = _attribution("strategy=lora_attn", f"lora.backend={backend}")["ops"]  # 4 layers per block
+    for c in ADAPTER:
+        assert attn[c] / qk[c] == pytest.approx(2.0, rel=0.15), (c, qk[c], attn[c])
+
+
+def test_modules_are_recognised_by_type():
+    cfg, s = built(*SMALL, "strategy=lora_qk")
+    cats = {name: module_categories(s.model).get(m) for name, m in s.model.named_modules()}
+    assert cats["layers.0.attention.wq"] == "adapter_other" and cats["layers.0.attention.wq.base"] == "base_matmul"
+    assert cats["layers.0.attention.wv"] == "base_matmul" and cats["layers.0.attention"] == "attention"
+    assert cats["layers.0.feed_forward"] is None  # its activation is the model's own work
+
+
+def test_framework_is_what_no_operation_covers():
+    class Op:  # the few fields `split` reads of a profiler event
+        def __init__(self, name, start, end):
+            self.name, self.cpu_parent, self.cpu_children, self.sequence_nr = name, None, [], -1
+            self.device_type = torch.autograd.DeviceType.CPU
+            self.time_range = type("R", (), {"elapsed_us": lambda r: (end - start)})()
+
+    out = split([Op("aten::add", 0, 1000), Op("aten::mul", 2000, 2500)], wall_ms=4.0)
+    assert out["categories"]["norm_activation_other"] == pytest.approx(1.5)
+    assert out["categories"]["framework"] == pytest.approx(2.5) and out["ops"]["norm_activation_other"] == 2
+
+
+def test_gpu_idle_is_the_step_less_the_union_of_kernels():
+    kernels = [(10.0, 30.0), (20.0, 40.0), (60.0, 70.0)]  # us; the first two overlap
+    assert gpu_idle_ms(kernels, 0.0, 100.0) == pytest.approx((100 - 30 - 10) / 1e3)
+    assert gpu_idle_ms([], 0.0, 50.0) == pytest.approx(0.05)
