@@ -112,6 +112,7 @@ class TrainConfig:
     seed: int
     phases: bool
     profile: bool
+    sync_every: int
     eval_batches: int
     progress: bool
     max_host_memory_gb: Optional[float]
@@ -279,6 +280,7 @@ def _check_training(c: BenchConfig) -> None:
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _one_of("train.precision", t.precision, PRECISIONS)
     _positive("train.eval_batches", t.eval_batches)
+    _positive("train.sync_every", t.sync_every)
     if t.max_host_memory_gb is not None:
         _positive("train.max_host_memory_gb", t.max_host_memory_gb)
     _positive("train.eval_every", t.eval_every, allow_zero=True)

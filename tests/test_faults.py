@@ -37,11 +37,11 @@ def _fail_at(monkeypatch, step_no, action):
     real = trainer_mod.Trainer.step
     calls = {"n": 0}
 
-    def step(self, micro, timer, probe=None):
+    def step(self, micro, timer, probe=None, **kwargs):
         if calls["n"] == step_no:
             action()
         calls["n"] += 1
-        return real(self, micro, timer, probe)
+        return real(self, micro, timer, probe, **kwargs)
 
     monkeypatch.setattr(trainer_mod.Trainer, "step", step)
 

@@ -15,7 +15,7 @@ from tests.conftest import reported, ROOT, compose_cfg, run_cli
 GRIDS = {
     "minimind_88": (15, 15), "minimind_88_cpu": (15, 15),
     "minimind_square": (12, 10),   # 2 repeats x (full once + lora_square and lora_attn at 2 ranks)
-    "crossover": (48, 48), "crossover_gpu": (48, 48),
+    "crossover": (90, 90), "crossover_gpu": (48, 48),
     "rank_sweep": (27, 19),        # full once + 2 strategies x 9 ranks
     "depth": (16, 10),             # 2 repeats x (full once + 4 depths)
     "dropout": (12, 9),            # 3 repeats x (full once + 2 dropouts)

@@ -33,7 +33,7 @@ from bench.measure.attribution import profile_step
 from bench.measure.calibrate import calibrate
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
 from bench.measure.stability import ContentionProbe, gpu_neighbours
-from bench.measure.timer import StepTimer
+from bench.measure.timer import StepTimer, WindowTimer
 from bench.measure.trainer import Trainer
 from bench.record.schema import Attribution, Calibration, Memory, Params, Record, Work
 from bench.record.store import STEPS, StepLog
@@ -85,36 +85,64 @@ def _host_cap(cfg: BenchConfig) -> int | None:
     return int(gb * 2**30) if gb else None
 
 
+class _OnClock:
+    """The on-clock steps' timing: each step's figures at once (a host sync at every border), or,
+    with train.sync_every > 1 on CUDA, a window's figures at a time (bench/measure/timer.py)."""
+
+    def __init__(self, device: torch.device, t):
+        self.windowed = device.type == "cuda" and t.sync_every > 1
+        self.timer = WindowTimer(device, t.phases, t.sync_every) if self.windowed else StepTimer(device, t.phases)
+        self.sync = f"window:{t.sync_every}" if self.windowed else "step"
+        self.probe, self.pending = ContentionProbe(), []
+
+    def step(self, trainer: Trainer, i: int, kind: str, micro: list[torch.Tensor]) -> list[tuple]:
+        self.probe.start()  # outside the timer's borders: reading /proc costs the step nothing
+        loss, timings = trainer.step(micro, self.timer, defer_loss=self.windowed)
+        contention = self.probe.stop()
+        if not self.windowed:
+            return [(i, kind, loss, {**timings, **contention})]
+        self.pending.append((i, kind, loss, contention))
+        return self.drain()
+
+    def drain(self, force: bool = False) -> list[tuple]:
+        """Finished steps as (step, kind, loss, timings), in order."""
+        done = self.timer.drain(force) if self.windowed else []
+        out = [(i, kind, float(loss), {**t, **c}) for (i, kind, loss, c), t in zip(self.pending, done)]
+        self.pending = self.pending[len(done):]
+        return out
+
+
 def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host) -> None:
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
     head = untimed(t.profile)
     n_steps = len(head) + t.warmup_steps + t.steps
-    timer, probe = StepTimer(device, phases=t.phases), ContentionProbe()
+    clock = _OnClock(device, t)
+    rec.time.sync = clock.sync
     bar = tqdm(total=n_steps, desc=cfg.strategy.name, unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
     try:
         for i, micro in enumerate(s.train_batches(cfg, n_steps)):
             figures.step_now = i
             kind = step_kind(i, t.warmup_steps, t.profile)
-            if kind == "count":
-                loss, timings = _count_step(trainer, micro, rec, i), {}
+            if kind in ON_CLOCK:
+                finished = clock.step(trainer, i, kind, micro)
+            elif kind == "count":
+                finished = [(i, kind, _count_step(trainer, micro, rec, i), {})]
             elif kind == "profile":
-                loss, timings = _profile_step(trainer, micro, rec), {}
+                finished = [(i, kind, _profile_step(trainer, micro, rec), {})]
                 figures.extra_updates += 1  # the profiler's warm-up step also updated the weights
-            elif kind in ON_CLOCK:
-                probe.start()  # outside the timer's borders: reading /proc costs the step nothing
-                loss, timings = trainer.step(micro, timer)
-                timings.update(probe.stop())
             else:
-                loss, timings = trainer.step(micro, StepTimer(device, phases=False))
-            log.write(figures.on_step(i, kind, loss, timings))
+                finished = [(i, kind, trainer.step(micro, StepTimer(device, phases=False))[0], {})]
+            evaluate = kind == head[-1] or (kind in ON_CLOCK and t.eval_every and i + 1 < n_steps
+                                            and (i + 1 - len(head)) % t.eval_every == 0)
+            for row in finished + (clock.drain(force=True) if evaluate or i + 1 == n_steps else []):
+                log.write(figures.on_step(*row))
             if kind == head[-1]:
                 # The counters and the profiler held extra references: peaks start after them.
                 memory.reset_peaks(device)
                 host.reset()
-                figures.on_eval(trainer.evaluate(s.eval_batches))
-            elif kind in ON_CLOCK and t.eval_every and i + 1 < n_steps and (i + 1 - len(head)) % t.eval_every == 0:
+            if evaluate:
                 figures.on_eval(trainer.evaluate(s.eval_batches))
             bar.update(1)
             signals.check()  # Ctrl-C or SIGTERM: stop here, between steps, with the record intact

@@ -51,11 +51,13 @@ class Trainer:
             logits = self.model(batch[:, :-1])
             return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
 
-    def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None) -> tuple[float, dict]:
+    def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None,
+             defer_loss: bool = False) -> tuple[float | torch.Tensor, dict]:
         """One optimizer step over `micro_batches`; returns the mean loss and the timer's figures.
 
         `probe` (the counting step only) gets the saved-tensor context for the first micro-batch
-        and the gradient bytes before the optimizer frees them.
+        and the gradient bytes before the optimizer frees them. `defer_loss` returns the loss as
+        a device tensor: reading it would synchronize, which a windowed timer must not do per step.
         """
         n = len(micro_batches)
         losses = []
@@ -74,6 +76,8 @@ class Trainer:
         timer.mark("optimizer")
         timings = timer.stop()
         # Read the loss after the clock stops: .item() would sync inside the step.
+        if defer_loss:
+            return torch.stack([x.detach().float() for x in losses]).mean(), timings
         return sum(float(x.detach()) for x in losses) / n, timings
 
     def _update(self) -> None:

@@ -139,6 +139,7 @@ class Time:
     optimizer_ms: Stats = field(default_factory=Stats)
     to_target_s: Optional[float] = None
     steps_to_target: Optional[int] = None
+    sync: Optional[str] = None  # "step" (a host sync at both borders of every step) or "window:N" (CUDA)
 
 
 @dataclass

@@ -37,6 +37,16 @@ def _text(v: Any) -> str | None:
     return None if v is None else str(v)  # lists as one hashable value
 
 
+def _tokens(rec: Record) -> int | None:
+    """Tokens per step: measured, or for a job refused before measuring, from its configuration
+    (so a refused cell still has its place on a crossover map)."""
+    if rec.work is not None:
+        return rec.work.tokens_per_step
+    parts = [config_value(rec, k) for k in ("train.batch_size", "train.seq_len", "train.grad_accum")]
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in parts)
+    return parts[0] * parts[1] * parts[2] if ok else None
+
+
 def _stability(rec: Record) -> dict:
     st = rec.stability
     return {"unstable": None if st is None else st.unstable, "unstable_reason": None if st is None else st.reason,
@@ -102,7 +112,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
-        **_attribution(rec),
+        **_attribution(rec), "tokens_per_step": _tokens(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 

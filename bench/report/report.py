@@ -123,6 +123,8 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
                 note = "" if ratio == ratio else ("full missing" if okc.size else "/".join(sorted(set(c.status))))
                 cells.append({"dim": dim, "tokens_per_step": tok, "ratio": ratio, "note": note.upper()
                               if note == "oom" else note})
+            if not cells:
+                continue
             name = f"crossover_{n}_{label[0]}_r{int(label[1])}"
             plots.crossover(pd.DataFrame(cells), f"{label[0]} r={int(label[1])}", out, name)
             blocks += [("h3", f"Crossover: {label[0]} r={int(label[1])} ({', '.join(map(str, key))})"),

@@ -56,3 +56,50 @@ def test_cuda_path_uses_events_and_reuses_them(monkeypatch):
         assert out["forward_ms"] >= 2 and out["forward_ms"] <= out["step_ms"]
     assert len(t._events) == 4  # one event per border, created once and reused
     assert len(syncs) == 4      # a sync at each step's start and end, none inside the step
+
+
+def test_window_timer_syncs_once_per_window_and_keeps_the_order(monkeypatch):
+    from bench.measure.timer import WindowTimer
+
+    syncs = []
+    monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    t = WindowTimer(torch.device("cuda"), phases=True, window=2)
+    drained = []
+    for ms in (2, 4, 6):
+        t.start()
+        time.sleep(ms / 1e3)
+        t.mark("forward")
+        t.mark("optimizer")
+        assert t.stop() == {}  # nothing read yet: no sync inside or after the step
+        drained.append(t.drain())
+    assert [len(d) for d in drained] == [0, 2, 0] and len(syncs) == 1
+    rest = t.drain(force=True)
+    assert len(rest) == 1 and len(syncs) == 2
+    times = [r["step_ms"] for r in drained[1] + rest]
+    assert times[0] < times[1] < times[2] and all(r["forward_ms"] <= r["step_ms"] for r in drained[1] + rest)
+
+
+def test_the_protocol_reads_a_window_of_steps_in_order(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.measure import protocol
+
+    monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: None)
+
+    class FakeTrainer:  # what _OnClock asks of the trainer: a step that defers its loss
+        def step(self, micro, timer, defer_loss=False):
+            assert defer_loss
+            timer.start()
+            timer.stop()
+            return torch.tensor(float(micro)), {}
+
+    clock = protocol._OnClock(torch.device("cuda"), SimpleNamespace(sync_every=3, phases=False))
+    assert clock.sync == "window:3"
+    rows = [row for i in range(4) for row in clock.step(FakeTrainer(), i, "timed", i)]
+    rows += clock.drain(force=True)
+    assert [(r[0], r[2]) for r in rows] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert all(isinstance(r[2], float) and "step_ms" in r[3] for r in rows)
+    cpu = protocol._OnClock(torch.device("cpu"), SimpleNamespace(sync_every=3, phases=False))
+    assert cpu.sync == "step" and not cpu.windowed  # CPU operations are synchronous: no window
