@@ -172,8 +172,10 @@ def crossover(cells: pd.DataFrame, strategy: str, out: Path, name: str) -> list[
         i, j = dims.index(c.dim), toks.index(c.tokens_per_step)
         text = f"{c.ratio:.2f}" if c.ratio == c.ratio else str(c.note)
         ax.text(j, i, text, ha="center", va="center", fontsize=8)
-    if len(dims) > 1 and len(toks) > 1 and np.isfinite(grid).all():
-        ax.contour(np.log2(grid), levels=[0.0], colors="black", linewidths=1.5)
+    finite = np.isfinite(grid)
+    if len(dims) > 1 and len(toks) > 1 and finite.sum() >= 4 and (grid[finite] > 1).any() and (grid[finite] < 1).any():
+        # Masked where a cell has no ratio (failed, unstable): the contour breaks there, not everywhere.
+        ax.contour(np.ma.masked_invalid(np.log2(grid)), levels=[0.0], colors="black", linewidths=1.5)
     ax.set_xticks(range(len(toks)), [str(int(t)) for t in toks])
     ax.set_yticks(range(len(dims)), [str(int(d)) for d in dims])
     ax.set_xlabel("tokens per step")

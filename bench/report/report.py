@@ -105,6 +105,21 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
     return blocks
 
 
+def _cell(c: pd.DataFrame, base: float) -> dict:
+    """One map cell: the ratio of the stable ok LoRA records to full's, or why there is none."""
+    okc = c[(c.status == "ok") & (c.unstable != True)]  # noqa: E712
+    ratio = okc.step_ms.median() / base if not okc.empty else np.nan
+    if ratio == ratio:
+        note = ""
+    elif not okc.empty:
+        note = "full missing"
+    elif (c.status == "ok").any():
+        note = "unstable"
+    else:
+        note = "/".join(sorted(set(c.status)))
+    return {"ratio": ratio, "note": note.upper() if note == "oom" else note}
+
+
 def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     """The crossover map, where records span more than one width or tokens-per-step value."""
     family = ["model", "data", "precision", "machine"]
@@ -113,16 +128,11 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     for n, (key, g) in enumerate(rec.groupby(family, dropna=False, sort=False)):
         if g.dim.nunique() < 2 and g.tokens_per_step.nunique() < 2:
             continue
-        full = g[(g.strategy == "full") & (g.status == "ok")].groupby(["dim", "tokens_per_step"]).step_ms.median()
+        stable = g[(g.strategy == "full") & (g.status == "ok") & (g.unstable != True)]  # noqa: E712
+        full = stable.groupby(["dim", "tokens_per_step"]).step_ms.median()
         for label, lg in g[g["rank"].notna()].groupby(["strategy", "rank"], sort=False):
-            cells = []
-            for (dim, tok), c in lg.groupby(["dim", "tokens_per_step"]):
-                okc = c[c.status == "ok"]
-                base = full.get((dim, tok), np.nan)
-                ratio = okc.step_ms.median() / base if not okc.empty else np.nan
-                note = "" if ratio == ratio else ("full missing" if okc.size else "/".join(sorted(set(c.status))))
-                cells.append({"dim": dim, "tokens_per_step": tok, "ratio": ratio, "note": note.upper()
-                              if note == "oom" else note})
+            cells = [{"dim": dim, "tokens_per_step": tok, **_cell(c, full.get((dim, tok), np.nan))}
+                     for (dim, tok), c in lg.groupby(["dim", "tokens_per_step"])]
             if not cells:
                 continue
             name = f"crossover_{n}_{label[0]}_r{int(label[1])}"
@@ -132,7 +142,8 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     if blocks:
         blocks.insert(0, ("h2", "Crossover: where LoRA stops being slower"))
         blocks.insert(1, ("p", "Each cell: median step time of the LoRA configuration divided by full "
-                               "fine-tuning's, at that model width and tokens per step. Above 1, LoRA is slower."))
+                               "fine-tuning's, at that model width and tokens per step. Above 1, LoRA is slower. "
+                               "A cell measured on a busy machine says so and is left empty."))
     return blocks
 
 
@@ -223,7 +234,7 @@ def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
             blocks += _setting_blocks(n, setting, g, out)
         except Exception as e:  # one setting must not cost the others
             blocks.append(("p", f"Setting {n + 1} could not be reported: {type(e).__name__}: {e}"))
-    blocks += _crossover_blocks(df[df.unstable != True], out)  # noqa: E712
+    blocks += _crossover_blocks(df, out)
     blocks += _failure_blocks(df)
     md = _render_md(blocks)
     (out / "report.md").write_text(md)
