@@ -28,3 +28,14 @@ def test_overhead_figures_are_in_the_filed_outputs():
     out = "".join((REF / "overhead" / "amd-epyc-2-threads" / f).read_text() for f in ("study.txt", "interleaved.txt"))
     for figure in ("27.058 ms", "27.057 ms", "-0.77%", "-1.66%", "-0.14%", "-10.26%", "-22.20%", "+6.89%"):
         assert figure in out, figure
+
+
+def test_measured_explanation_and_profile_overhead_are_in_the_filed_outputs():
+    launch = (REF / "launch_bound" / "intel-r-xeon-r-processor-2-threads" / "report" / "report.md").read_text()
+    quoted = README.split("Its profiled step: \"")[1].split("\"")[0]
+    assert quoted.replace("\n  ", " ") in launch
+    for figure in ("1.39x slower", "7.01 vs 5.05 ms per step", "95% interval 1.35-1.41x"):
+        assert figure in launch, figure
+    out = (REF / "overhead" / "intel-r-xeon-r-processor-2-threads" / "profile_overhead.txt").read_text()
+    for figure in ("13.988 ms", "13.974 ms", "median 1.006", "0.997-1.011", "3.0%"):
+        assert figure in out, figure
