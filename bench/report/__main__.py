@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where to write (default: DIR/report for one DIR)")
     ap.add_argument("--table", action="store_true", help="print a compact table per setting; write nothing")
     ap.add_argument("--no-html", action="store_true", help="skip report.html (the committed references do)")
+    ap.add_argument("--all-plots", action="store_true", help="plot every setting, however many there are")
     args = ap.parse_args(argv)
     missing = [d for d in args.dirs if not d.exists()]
     if missing:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: several directories need --out DIR", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0] / "report"
-    print(f"report: {build_report(args.dirs, out, html=not args.no_html)}")
+    print(f"report: {build_report(args.dirs, out, html=not args.no_html, all_plots=args.all_plots)}")
     return 0
 
 

@@ -147,7 +147,12 @@ def _crossover_blocks(df: pd.DataFrame, out: Path) -> list[Block]:
     return blocks
 
 
-def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[Block]:
+# Past this many settings (a crossover sweep has one per cell), the per-setting plots are left out:
+# the crossover map draws the sweep, and hundreds of plot files would bury it.
+MAX_SETTINGS_PLOTTED = 8
+
+
+def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path, plot: bool = True) -> list[Block]:
     agg = aggregate(g)
     title = _setting_title(setting)
     blocks = [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
@@ -159,7 +164,9 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[B
     if not full.empty:
         blocks.append(("h3", "Why"))
         blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
-        blocks += _difference_blocks(agg, full.iloc[0], title, out, "attribution" + suffix)
+        blocks += _difference_blocks(agg, full.iloc[0], title, out, "attribution" + suffix, plot)
+    if not plot:
+        return blocks
     for kind, fn in (("step_time_vs_rank", plots.step_time_vs_rank), ("time_split", plots.time_split),
                      ("memory_split", plots.memory_split), ("loss_vs_time", plots.loss_vs_time)):
         try:
@@ -170,7 +177,8 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path) -> list[B
     return blocks
 
 
-def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path, name: str) -> list[Block]:
+def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path, name: str,
+                       plot: bool = True) -> list[Block]:
     """Where the difference goes: each configuration's profiled step against full's, by category."""
     rows = {r.label: measured_deltas(r, full) for _, r in agg.iterrows() if r.strategy != "full"}
     rows = {k: v for k, v in rows.items() if v}
@@ -186,6 +194,8 @@ def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path
                                  "less full fine-tuning's, by category (bench/measure/attribution.py). The profiler "
                                  "slows every operation, so these are shares of a longer step than the timed ones; "
                                  "framework is the step's wall time that no operation accounts for.")]
+    if not plot:
+        return blocks
     try:
         plots.attribution_deltas(deltas, title, out, name)
         blocks.append(("img", name, "where the difference goes"))
@@ -214,7 +224,7 @@ def _failure_blocks(df: pd.DataFrame) -> list[Block]:
     return blocks
 
 
-def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
+def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool = False) -> Path:
     """Read every record under `dirs`, write the report into `out`; returns report.md's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,9 +239,14 @@ def build_report(dirs: list[Path], out: Path, html: bool = True) -> Path:
     table = with_ratios(df).drop(columns=["step_samples"]) if not df.empty else \
         pd.DataFrame(columns=["path", "status", "reason"])  # the steps themselves stay in steps.jsonl
     table.to_csv(out / "summary.csv", index=False)
-    for n, (setting, g) in enumerate(settings(df)):
+    groups = list(settings(df))
+    plot = all_plots or len(groups) <= MAX_SETTINGS_PLOTTED
+    if not plot:
+        blocks.append(("p", f"{len(groups)} settings: their plots are left out (the crossover map below draws "
+                            f"them); python -m bench.report <dirs> --all-plots draws every one."))
+    for n, (setting, g) in enumerate(groups):
         try:
-            blocks += _setting_blocks(n, setting, g, out)
+            blocks += _setting_blocks(n, setting, g, out, plot)
         except Exception as e:  # one setting must not cost the others
             blocks.append(("p", f"Setting {n + 1} could not be reported: {type(e).__name__}: {e}"))
     blocks += _crossover_blocks(df, out)

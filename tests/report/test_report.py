@@ -74,3 +74,18 @@ def test_crossover_map_with_an_oom_cell(tmp_path):
     assert png.stat().st_size > 5000
     assert md.count("## Setting") == 4  # each width x batch is its own setting
     assert "| oom |" in md.split("## Records that did not end ok")[1]
+
+
+def test_many_settings_keep_their_tables_but_not_their_plots(tmp_path):
+    root = tmp_path / "wide"
+    for n, dim in enumerate(range(32, 32 * 10, 32)):  # 9 widths: 9 settings
+        for strategy, rank, step in (("full", None, 10.0), ("lora_all", 8, 12.0)):
+            rec = record(strategy=strategy, rank=rank, step=step, spread=(step - 0.1, step + 0.1))
+            rec["config"]["model"]["dim"] = dim
+            write(root, f"{n}-{strategy}", rec)
+    out = tmp_path / "out"
+    md = build_report([root], out).read_text()
+    assert md.count("### Time") == 9 and "9 settings: their plots are left out" in md
+    assert not list(out.glob("time_split*.png")) and list(out.glob("crossover_*.png"))
+    build_report([root], tmp_path / "all", all_plots=True)
+    assert len(list((tmp_path / "all").glob("time_split*.png"))) == 9
