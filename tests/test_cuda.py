@@ -1,12 +1,15 @@
 """CUDA paths end to end. Skipped without a GPU; benchmarks/gpu_check.py runs them on one.
 
-Their logic is covered on CPU too (tests/test_timer.py fakes CUDA events); these check the
-real thing: events, autocast, the fp16 grad scaler, allocator peaks and NVML.
+Their logic is covered on CPU too (tests/measure/test_timer.py fakes CUDA events, the windowed
+protocol included; tests/measure/test_attribution.py checks the GPU-idle arithmetic); these check
+the real thing: events, autocast, the fp16 grad scaler, allocator peaks, NVML and the profiler's
+kernels.
 """
 import pytest
 import torch
 
-from bench.run import run_job
+from bench.job import run_job
+from bench.record.store import read_steps
 from tests.conftest import FAST, compose_cfg
 
 pytestmark = [pytest.mark.cuda,
@@ -20,12 +23,22 @@ def test_cuda_job_records_device_figures(tmp_path, precision, strategy):
     rec = run_job(compose_cfg([*ON_GPU, f"train.precision={precision}", f"strategy={strategy}"]), tmp_path)
     assert rec.status == "ok", rec.outcome and rec.outcome.reason
     m, t = rec.memory, rec.time
-    assert rec.env.device == "cuda" and rec.env.cuda
-    assert m["device_peak_allocated_bytes"] > m["weights_bytes"]
-    assert m["device_peak_reserved_bytes"] >= m["device_peak_allocated_bytes"]
-    assert m["nvml_used_bytes"] is None or m["nvml_used_bytes"] >= m["device_peak_reserved_bytes"]
-    phases = sum(t[f"{p}_ms"]["median"] for p in ("forward", "backward", "optimizer"))
-    assert 0 < phases <= 1.05 * t["step_ms"]["median"]
+    assert rec.env.device == "cuda" and rec.env.cuda and t.sync == "step"
+    assert m.device_peak_allocated_bytes > m.weights_bytes
+    assert m.device_peak_reserved_bytes >= m.device_peak_allocated_bytes
+    assert m.nvml_used_bytes is None or m.nvml_used_bytes >= m.device_peak_reserved_bytes
+    phases = sum(getattr(t, f"{p}_ms").median for p in ("forward", "backward", "optimizer"))
+    assert 0 < phases <= 1.05 * t.step_ms.median
+    a = rec.attribution
+    assert a.kernels > 0 and 0 <= a.categories["gpu_idle"] <= a.step_ms
+    assert sum(v for k, v in a.categories.items() if k != "gpu_idle") == pytest.approx(a.step_ms, rel=0.05)
+
+
+def test_cuda_windowed_timing(tmp_path):
+    rec = run_job(compose_cfg([*ON_GPU, "strategy=lora_all", "train.steps=8", "train.sync_every=4"]), tmp_path)
+    assert rec.status == "ok" and rec.time.sync == "window:4" and rec.time.timed_steps == 8
+    timed = [r for r in read_steps(tmp_path / "steps.jsonl") if r["kind"] == "timed"]
+    assert len(timed) == 8 and all(r["step_ms"] > 0 and r["forward_ms"] <= r["step_ms"] for r in timed)
 
 
 def test_cuda_optimizer_state_bytes(tmp_path):
@@ -37,4 +50,4 @@ def test_cuda_optimizer_state_bytes(tmp_path):
 def test_cuda_and_cpu_count_the_same_matmul_work(tmp_path):
     cpu = run_job(compose_cfg([*FAST, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "cpu")
     gpu = run_job(compose_cfg([*ON_GPU, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "gpu")
-    assert gpu["work"]["flops_per_step"] == pytest.approx(cpu["work"]["flops_per_step"], rel=0.02)
+    assert gpu.work.flops_per_step == pytest.approx(cpu.work.flops_per_step, rel=0.02)
