@@ -62,18 +62,14 @@ def main(out: Path, parts: list[str]) -> int:
             f.write(f"## +study={part} (report: {part}/report/report.md)\n\n")
             f.flush()
             subprocess.call([py, "-m", "bench.report", str(out / part), "--table"], cwd=ROOT, stdout=f)
-        if "overhead" in parts:
-            f.write("\n## Phase-timing overhead (python benchmarks/overhead.py)\n\n```\n")
-            f.flush()
-            subprocess.call([py, "benchmarks/overhead.py", str(out / "overhead")], cwd=ROOT, stdout=f,
-                            env={"PYTHONPATH": str(ROOT), **os.environ})
-            f.write("```\n")
-        if "backends" in parts:
-            f.write("\n## Native against PEFT (python benchmarks/backends.py)\n\n```\n")
-            f.flush()
-            subprocess.call([py, "benchmarks/backends.py", str(out / "backends")], cwd=ROOT, stdout=f,
-                            env={"PYTHONPATH": str(ROOT), **os.environ})
-            f.write("```\n")
+        for part, script, title in (("overhead", "overhead.py", "Phase-timing overhead"),
+                                    ("backends", "backends.py", "Native against PEFT")):
+            if part in parts:  # the project's own benchmark script on the part's sweep
+                f.write(f"\n## {title} (python benchmarks/{script})\n\n```\n")
+                f.flush()
+                subprocess.call([py, f"benchmarks/{script}", str(out / part)], cwd=ROOT, stdout=f,
+                                env={"PYTHONPATH": str(ROOT), **os.environ})
+                f.write("```\n")
     with tarfile.open(out / "gpu_check.tar.gz", "w:gz") as tar:
         for p in sorted(out.iterdir()):
             if p.name != "gpu_check.tar.gz":
