@@ -1,6 +1,9 @@
 """Why a LoRA configuration is slower or faster than full fine-tuning, from the measurements.
 
-Per setting, each configuration is compared with `full` of the same setting. The terms:
+Per setting, each configuration is compared with `full` of the same setting. The verdict follows
+the ratio's 95% interval (bench/report/stats.py); jobs measured on a busy machine take no part.
+The explanation leads with the measurement: the profiled step's category differences
+(bench/measure/attribution.py). Then the cost model's terms:
 - FLOPs: the weight-gradient GEMMs a frozen layer skips, minus the adapters' own work,
   priced at the calibrated matmul throughput;
 - operations: the extra (or fewer) aten ops per step, priced at the calibrated per-op overhead;
@@ -8,7 +11,7 @@ Per setting, each configuration is compared with `full` of the same setting. The
 - backward that stops early: the measured backward phase, where nothing below the first
   adapted or trained layer needs a gradient (lora_last, head_only, lora.layers).
 The cost model's prediction (FLOPs / throughput + ops x overhead) is set against the measured
-ratio, and a disagreement above 20% is stated, not hidden.
+ratio where the measurement is conclusive, and a disagreement above 20% is stated, not hidden.
 """
 from __future__ import annotations
 
