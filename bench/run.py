@@ -43,10 +43,15 @@ def find_complete(sweep_dir: Path, key: str) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    signals.check()  # a signal between jobs stops the sweep here
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
+    if signals.requested():  # a signal between jobs stops the sweep here, with this job's record
+        node = to_node(cfg)
+        write_record(out_dir / METRICS, Record(status="interrupted", identity=identity(node, list(hc.overrides.task)),
+                                               config=node, outcome=Outcome(reason="interrupted before it started")))
+        FINISHED.append(("interrupted", multirun))
+        signals.check()
     if multirun:
         SWEEP_DIRS.append(Path(hc.sweep.dir))
     if multirun and cfg.resume is True:
@@ -108,8 +113,8 @@ def cli() -> None:
     signals.install()  # first: a Ctrl-C during the checks below is a flag too
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
-    signals.check()
     try:
+        signals.check()
         main()
     except KeyboardInterrupt:
         print("interrupted: the record of the running job was written; the sweep stopped", file=sys.stderr)
