@@ -17,16 +17,16 @@ def test_base_config_is_full_finetuning_on_the_unshifted_language(cfg_of):
 def test_auto_base_is_a_stage_before_the_job_and_outside_its_clock(tmp_path, monkeypatch):
     real = stage.pretrain
 
-    def slow(cfg, path):  # a pretraining that takes at least 4 s
+    def slow(cfg, path):  # a pretraining that takes at least 8 s: far longer than the job itself
         meta = real(cfg, path)
-        time.sleep(4.0)
-        return {**meta, "wall_s": meta["wall_s"] + 4.0}
+        time.sleep(8.0)
+        return {**meta, "wall_s": meta["wall_s"] + 8.0}
 
     monkeypatch.setattr(stage, "pretrain", slow)
     overrides = [*FAST, "model.checkpoint=auto", "pretrain.steps=5", "pretrain.batch_size=2",
                  f"pretrain.dir={tmp_path / 'bases'}"]
     rec = run_job(compose_cfg(overrides), tmp_path / "a")
-    assert rec.status == "ok" and rec.pretrain["steps"] == 5 and rec.pretrain["wall_s"] >= 4.0
-    assert rec.time.wall_s < 4.0  # the job's clock starts after the stage
+    assert rec.status == "ok" and rec.pretrain["steps"] == 5 and rec.pretrain["wall_s"] >= 8.0
+    assert rec.time.wall_s < 8.0  # the job's clock starts after the stage
     again = run_job(compose_cfg(overrides), tmp_path / "b")
     assert again.pretrain is None and again.plan.checkpoint == rec.plan.checkpoint  # made once, reused
