@@ -180,8 +180,7 @@ def profile_step(step, model: nn.Module, device: torch.device) -> dict:
     if device.type == "cuda":
         kernels = [(e.time_range.start, e.time_range.end) for e in events
                    if e.device_type == torch.autograd.DeviceType.CUDA]
-        host = [e for e in _ops(events)]
-        start = min((e.time_range.start for e in host), default=0.0)
+        start = min((e.time_range.start for e in _ops(events)), default=0.0)
         out["categories"]["gpu_idle"] = gpu_idle_ms(kernels, start, start + wall_ms * 1e3)
         out["kernels"] = len(kernels)
     return out

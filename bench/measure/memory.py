@@ -65,6 +65,19 @@ def device_peaks(device: torch.device) -> dict[str, int | None]:
             "device_peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
 
 
+def nvml_handle(device: torch.device):
+    """The NVML handle of a CUDA device, matched by UUID (CUDA_VISIBLE_DEVICES renumbers devices,
+    NVML does not). Raises where NVML is unavailable; callers treat that as a missing figure."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:
+        return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+
+
 def nvml_used_bytes(device: torch.device) -> int | None:
     """Device memory in use as NVML reports it (all processes), or None without NVML."""
     if device.type != "cuda":
@@ -72,14 +85,7 @@ def nvml_used_bytes(device: torch.device) -> int | None:
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        try:
-            # Match by UUID: CUDA_VISIBLE_DEVICES renumbers devices, NVML does not.
-            uuid = str(torch.cuda.get_device_properties(device).uuid)
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        except Exception:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(device)).used)
     except Exception:  # no driver library, no permission: a missing figure, not a failed job
         return None
 

@@ -71,11 +71,10 @@ def gpu_neighbours(device) -> dict:
         return {}
     try:
         import pynvml
-        import torch
 
-        pynvml.nvmlInit()
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        from bench.measure.memory import nvml_handle
+
+        handle = nvml_handle(device)
         others = [p for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid != os.getpid()]
         return {"gpu_other_processes": len(others),
                 "gpu_utilization": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100}

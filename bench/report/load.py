@@ -73,7 +73,7 @@ def _sections(rec: Record) -> dict:
     a = lambda obj, name: None if obj is None else getattr(obj, name)  # noqa: E731
     med = lambda name: None if t is None else getattr(t, name).median  # noqa: E731
     return {
-        "tokens_per_step": a(w, "tokens_per_step"), "flops_per_step": a(w, "flops_per_step"),
+        "flops_per_step": a(w, "flops_per_step"),
         "ops_per_step": a(w, "ops_per_step"),
         "step_ms": med("step_ms"), "step_p10_ms": None if t is None else t.step_ms.p10,
         "step_p90_ms": None if t is None else t.step_ms.p90,

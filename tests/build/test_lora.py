@@ -24,15 +24,6 @@ def test_adapter_is_identity_at_init(init):
     assert zero == (["lora_a"] if init == "B" else ["lora_b"])
 
 
-def test_merge_matches_adapter_path():
-    lora = LoRALinear(_base(), rank=4, scale=0.5, init="A")
-    with torch.no_grad():
-        lora.lora_b.normal_()
-    x = torch.randn(7, 24)
-    y = lora(x)
-    torch.testing.assert_close(lora.merge()(x), y, rtol=1e-5, atol=1e-5)
-
-
 def test_adapter_forward_is_scaled_low_rank_update():
     lora = LoRALinear(_base(), rank=3, scale=0.25, init="A")
     with torch.no_grad():
@@ -63,7 +54,7 @@ def test_dropout_acts_in_training_only():
     torch.testing.assert_close(lora(x), exact, rtol=1e-5, atol=1e-5)
 
 
-def test_merge_is_idempotent():
+def test_merge_matches_the_adapter_path_and_is_idempotent():
     lora = LoRALinear(_base(), rank=4, scale=2.0, init="A")
     with torch.no_grad():
         lora.lora_b.normal_()

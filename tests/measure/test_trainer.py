@@ -84,3 +84,21 @@ def test_evaluate_is_untrained_and_restores_train_mode():
     batches = [_batch(cfg, seed=i) for i in range(2)]
     a, b = trainer.evaluate(batches), trainer.evaluate(batches)
     assert a == b and s.model.training  # eval mode (no dropout), no update, and back to train mode
+
+
+def test_the_optimizer_range_is_opened_only_under_the_profiler(monkeypatch):
+    """record_function dispatches operations even with no profiler running: a timed step must not."""
+    from torch.profiler import profile
+
+    from bench.measure import trainer as trainer_mod
+
+    opened = []
+    real = trainer_mod.record_function
+    monkeypatch.setattr(trainer_mod, "record_function", lambda name: opened.append(name) or real(name))
+    cfg, s = built("strategy=lora_qk")
+    trainer = trainer_of(cfg, s)
+    trainer.step([_batch(cfg)], StepTimer(CPU, phases=False))
+    assert opened == []
+    with profile():
+        trainer.step([_batch(cfg)], StepTimer(CPU, phases=False))
+    assert opened == ["lb::optimizer"]
