@@ -31,6 +31,7 @@ DATA_KINDS = ("random", "markov", "jsonl")
 
 MODEL_KINDS = ("native", "hf_llama", "hf")
 BACKENDS = ("native", "peft")
+IMPLS = ("eager", "fused")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class LoraConfig:
     targets: Optional[list[str]]
     lr_ratio: float
     backend: str
+    impl: str
 
     @property
     def scale(self) -> float:
@@ -228,6 +230,9 @@ def _check_ranges(c: BenchConfig) -> None:
     m = c.model
     _one_of("model.kind", m.kind, MODEL_KINDS)
     _one_of("lora.backend", c.lora.backend, BACKENDS)
+    _one_of("lora.impl", c.lora.impl, IMPLS)
+    if c.lora.impl == "fused" and c.lora.backend == "peft":
+        raise ConfigError("lora.impl", "fused is this project's own layer; PEFT brings its own (use lora.backend=native)")
     if m.kind == "hf":
         if not m.path:
             raise ConfigError("model.path", "model=hf needs a local checkpoint directory: model.path=/path/to/model")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from bench.build.lora import LoRALinear, adapter_params
+from bench.build.lora_fused import FusedLoRALinear
 from bench.config import ConfigError, LoraConfig
 from bench.record.schema import Plan
 
@@ -163,11 +164,12 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
     if strategy.uses_lora:
         adapted = select_targets(model, strategy, lora)
         check_rank(model, adapted, lora.rank)
+        layer = FusedLoRALinear if lora.impl == "fused" else LoRALinear
         for name in adapted:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(getattr(parent, child), lora.rank, lora.scale,
-                                              lora.dropout, lora.init, lora.init_std))
+            setattr(parent, child, layer(getattr(parent, child), lora.rank, lora.scale,
+                                         lora.dropout, lora.init, lora.init_std))
     trained = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _role_of(n) in strategy.train]
     roles = adapter_params(model)
     set_trainable(model, roles["A"] + roles["B"] + [model.get_submodule(n).weight for n in trained])

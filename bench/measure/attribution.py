@@ -9,6 +9,8 @@ tensor shapes, and nothing in PEFT is edited: its layers are recognised by type.
     base_matmul            the model's own linear layers, frozen or trained
     adapter_matmul         the adapters' low-rank products (A, B)
     adapter_other          the scale, add, dropout and casts an adapter layer adds
+                           (lora.impl=fused: one node does the base and adapter products of an
+                           adapted layer, so its base product is filed under adapter_matmul too)
     attention              attention's own work outside its linear layers
     norm_activation_other  norms, activations, embedding, loss, everything else of the model
     gradients              accumulating gradients into .grad (one per trainable tensor)
