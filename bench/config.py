@@ -120,6 +120,16 @@ class TrainConfig:
     max_host_memory_gb: Optional[float]
     eval_every: int
     target_loss: Optional[float]
+    compile: bool
+    cuda_graphs: bool
+    memory_budget_gb: Optional[float]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    batch: bool       # find the largest train.batch_size within train.memory_budget_gb (bench/search.py)
+    max_batch: int
+    max_probes: int
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,7 @@ class BenchConfig:
     train: TrainConfig
     pretrain: PretrainConfig
     peft: PeftConfig
+    search: SearchConfig
 
 
 def load_config(cfg: Any) -> BenchConfig:
@@ -289,6 +300,19 @@ def _check_training(c: BenchConfig) -> None:
     if t.max_host_memory_gb is not None:
         _positive("train.max_host_memory_gb", t.max_host_memory_gb)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
+    if t.memory_budget_gb is not None:
+        _positive("train.memory_budget_gb", t.memory_budget_gb)
+    if t.cuda_graphs and t.compile:
+        raise ConfigError("train.cuda_graphs", "captures the eager step; with train.compile=true choose one of the two")
+    if t.cuda_graphs and t.precision == "fp16":
+        raise ConfigError("train.cuda_graphs", "fp16's grad scaler reads the device between steps; use bf16 or fp32")
+    s = c.search
+    if s.batch and t.memory_budget_gb is None:
+        raise ConfigError("search.batch", "the search needs a budget: train.memory_budget_gb=<GiB>")
+    _positive("search.max_batch", s.max_batch)
+    _positive("search.max_probes", s.max_probes)
+    if s.batch and t.batch_size > s.max_batch:
+        raise ConfigError("train.batch_size", f"the search starts at {t.batch_size}, above search.max_batch={s.max_batch}")
     _positive("lora.lr_ratio", r.lr_ratio)
 
     p = c.pretrain

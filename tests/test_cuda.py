@@ -51,3 +51,27 @@ def test_cuda_and_cpu_count_the_same_matmul_work(tmp_path):
     cpu = run_job(compose_cfg([*FAST, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "cpu")
     gpu = run_job(compose_cfg([*ON_GPU, "strategy=lora_all", "train.seq_len=8"]), tmp_path / "gpu")
     assert gpu.work.flops_per_step == pytest.approx(cpu.work.flops_per_step, rel=0.02)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("strategy", ["full", "lora_all"])
+def test_cuda_graphs_replay_the_eager_training(tmp_path, precision, strategy):
+    common = [*ON_GPU, f"strategy={strategy}", f"train.precision={precision}", "train.profile=false"]
+    eager = run_job(compose_cfg(common), tmp_path / "eager")
+    graphed = run_job(compose_cfg([*common, "train.cuda_graphs=true"]), tmp_path / "graphed")
+    assert graphed.status == "ok", graphed.outcome and graphed.outcome.reason
+    assert graphed.compile.mode == "cuda_graphs" and graphed.time.compile_s > 0
+    assert graphed.work.ops_kind == "aten_captured"
+    # The capture's warm-up iterations train too, so the trajectories are offset: compare the ends.
+    assert graphed.loss.eval_end == pytest.approx(eager.loss.eval_end, abs=0.2)
+
+
+def test_cuda_compiled_job(tmp_path):
+    rec = run_job(compose_cfg([*ON_GPU, "strategy=lora_all", "train.compile=true"]), tmp_path)
+    assert rec.status == "ok", rec.outcome and rec.outcome.reason
+    assert rec.compile.recompiles_on_clock == 0 and rec.attribution.kernels > 0
+
+
+def test_cuda_memory_budget_is_the_allocators_limit(tmp_path):
+    rec = run_job(compose_cfg([*ON_GPU, "train.memory_budget_gb=0.001", "train.batch_size=64"]), tmp_path)
+    assert rec.status == "oom" and rec.outcome.oom_where == "cuda"

@@ -94,23 +94,23 @@ class Transformer(nn.Module):
         # lookup reads it detached, so backward stops at the head instead of running to the input.
         self.embedding_grad = True
         self.apply(self._init)
-        self._rope_len = 0
+        # Built once for the longest sequence and moved with the model: a table built lazily on
+        # the first call would make torch.compile trace the model twice.
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, "cpu")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def _rope(self, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._rope_len < t or self._rope_cos.device != device:
-            self._rope_cos, self._rope_sin = rope_tables(self.cfg.head_dim, t, self.cfg.rope_theta, device)
-            self._rope_len = t
-        return self._rope_cos[:t], self._rope_sin[:t]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         weight = self.tok_embeddings.weight
         h = F.embedding(idx, weight if self.embedding_grad else weight.detach())
-        cos, sin = self._rope(idx.shape[1], idx.device)
+        t = idx.shape[1]
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for layer in self.layers:
             h = layer(h, cos, sin)
         return self.output(self.norm(h))

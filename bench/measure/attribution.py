@@ -13,6 +13,8 @@ tensor shapes, and nothing in PEFT is edited: its layers are recognised by type.
                            adapted layer, so its base product is filed under adapter_matmul too)
     attention              attention's own work outside its linear layers
     norm_activation_other  norms, activations, embedding, loss, everything else of the model
+    compiled               (train.compile) the compiled graphs' forward and backward calls: inside
+                           one, base, adapter and the rest are fused and cannot be told apart
     gradients              accumulating gradients into .grad (one per trainable tensor)
     optimizer              the optimizer step and gradient clipping
     framework              step wall time no operation accounts for (Python, autograd engine, dispatch)
@@ -25,14 +27,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 from torch.autograd.profiler import record_function
 
 CATEGORIES = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-              "gradients", "optimizer", "framework")
+              "compiled", "gradients", "optimizer", "framework")
 ADAPTER = ("adapter_matmul", "adapter_other")
 PREFIX = "lb::"
 _MATMULS = {"aten::linear", "aten::mm", "aten::matmul", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -93,6 +95,8 @@ def module_ranges(model: nn.Module):
 def _category(event, forward_of: dict[int, str]) -> str:
     """The category of one top-level operation (its innermost lb:: range, or its forward's)."""
     name = event.name
+    if "Compiled" in name:  # CompiledFunction, CompiledFunctionBackward, Torch-Compiled Region
+        return "compiled"
     if name.startswith("autograd::engine::evaluate_function: "):
         if "AccumulateGrad" in name:
             return "gradients"
@@ -161,15 +165,16 @@ def gpu_idle_ms(kernels: list[tuple[float, float]], start: float, end: float) ->
     return max(0.0, (end - start) - busy) / 1e3
 
 
-def profile_step(step, model: nn.Module, device: torch.device) -> dict:
+def profile_step(step, model: nn.Module, device: torch.device, ranges: bool = True) -> dict:
     """Run `step()` twice under the profiler and attribute the second: the first pays the
     profiler's own start-up (tens of ms on a CPU), which would land in whichever category ran first."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with module_ranges(model), profile(activities=activities):
+    scope = (lambda: module_ranges(model)) if ranges else nullcontext
+    with scope(), profile(activities=activities):
         step()
-    with module_ranges(model), profile(activities=activities) as prof:
+    with scope(), profile(activities=activities) as prof:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -39,7 +39,8 @@ class JobFigures:
         self.elapsed = 0.0
         self.steps_done = 0
         self.step_now = 0  # the step in progress: where a failure happened
-        self.extra_updates = 0  # optimizer updates beyond one per step (the profiler's warm-up)
+        self.extra_updates = 0  # optimizer updates beyond one per step (the profiler's, a capture's warm-up)
+        self.first_step_s: float | None = None  # step 0's wall time (under train.compile: it compiles)
 
     def on_step(self, i: int, kind: str, loss: float, timings: dict) -> dict:
         """Step i ended with `loss`; returns its steps.jsonl row. Raises Diverged on NaN or inf."""

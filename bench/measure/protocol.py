@@ -20,6 +20,7 @@ keeps what it measured.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,13 @@ from bench.config import BenchConfig
 from bench.measure import counters, memory
 from bench.measure.attribution import profile_step
 from bench.measure.calibrate import calibrate
+from bench.measure.compiled import CompileWatch
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
+from bench.measure.graphs import GraphedStep
 from bench.measure.stability import ContentionProbe, gpu_neighbours
 from bench.measure.timer import StepTimer, WindowTimer
 from bench.measure.trainer import Trainer
-from bench.record.schema import Attribution, Calibration, Memory, Params, Record, Work
+from bench.record.schema import Attribution, Calibration, Compile, Memory, Params, Record, Work
 from bench.record.store import STEPS, StepLog
 
 __all__ = ["Diverged", "OutOfMemory", "measure", "step_kind"]
@@ -59,11 +62,14 @@ def step_kind(i: int, warmup_steps: int, profile: bool = False) -> str:
     return head[i] if i < len(head) else ("warmup" if i < len(head) + warmup_steps else "timed")
 
 
-def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int) -> float:
-    """Step i under the counters: the work section and the memory split."""
+def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int, compiled: bool) -> float:
+    """Step i under the counters: the work section and the memory split. Under torch.compile it
+    runs eager (counters cannot see into a compiled graph; FLOPs and bytes are the same math), and
+    the operation count comes from the profiled step instead (Work.ops_kind)."""
     with counters.StepCounts(trainer.model) as probe:
-        loss, _ = trainer.step(micro, StepTimer(micro[0].device, phases=False), probe)
-    rec.work.flops_per_step, rec.work.ops_per_step, rec.work.counted_step = probe.flops, probe.ops, i
+        loss, _ = trainer.step(micro, StepTimer(micro[0].device, phases=False), probe, eager=compiled)
+    rec.work.flops_per_step, rec.work.counted_step = probe.flops, i
+    rec.work.ops_per_step = None if compiled else probe.ops
     m = rec.memory
     m.weights_bytes, m.grads_bytes = counters.weights_bytes(trainer.model), probe.grads_bytes
     m.optimizer_state_bytes = counters.optimizer_state_bytes(trainer.optimizer)
@@ -71,19 +77,25 @@ def _count_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, i: int
     return loss
 
 
-def _profile_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record) -> float:
-    """The attribution section: where one step's time goes, by category."""
+def _profile_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, compiled: bool) -> float:
+    """The attribution section: where one step's time goes, by category. Under torch.compile no
+    module ranges are opened (a hook added after compiling would recompile the model)."""
     losses = []
     untimed_timer = StepTimer(micro[0].device, phases=False)
-    a = profile_step(lambda: losses.append(trainer.step(micro, untimed_timer)[0]), trainer.model, micro[0].device)
+    a = profile_step(lambda: losses.append(trainer.step(micro, untimed_timer)[0]), trainer.model, micro[0].device,
+                     ranges=not compiled)
     rec.attribution = Attribution(step_ms=a["step_ms"], categories=a["categories"], ops=a["ops"],
                                   kernels=a.get("kernels"))
+    if compiled:
+        rec.work.ops_per_step, rec.work.ops_kind = sum(a["ops"].values()), "profiled"
     return losses[-1]
 
 
-def _host_cap(cfg: BenchConfig) -> int | None:
-    gb = cfg.train.max_host_memory_gb
-    return int(gb * 2**30) if gb else None
+def _host_cap(cfg: BenchConfig, device: torch.device) -> int | None:
+    """The RSS cap: train.max_host_memory_gb, and on CPU the memory budget too (the lower wins)."""
+    t = cfg.train
+    caps = [gb for gb in (t.max_host_memory_gb, t.memory_budget_gb if device.type == "cpu" else None) if gb]
+    return int(min(caps) * 2**30) if caps else None
 
 
 class _OnClock:
@@ -96,9 +108,10 @@ class _OnClock:
         self.sync = f"window:{t.sync_every}" if self.windowed else "step"
         self.probe, self.pending = ContentionProbe(), []
 
-    def step(self, trainer: Trainer, i: int, kind: str, micro: list[torch.Tensor]) -> list[tuple]:
+    def step(self, stepper, i: int, kind: str, micro: list[torch.Tensor]) -> list[tuple]:
+        """`stepper`: Trainer.step, or GraphedStep.step under train.cuda_graphs."""
         self.probe.start()  # outside the timer's borders: reading /proc costs the step nothing
-        loss, timings = trainer.step(micro, self.timer, defer_loss=self.windowed)
+        loss, timings = stepper(micro, self.timer, defer_loss=self.windowed)
         contention = self.probe.stop()
         if not self.windowed:
             return [(i, kind, loss, {**timings, **contention})]
@@ -113,13 +126,39 @@ class _OnClock:
         return out
 
 
-def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host) -> None:
+def _first_step(trainer: Trainer, micro: list[torch.Tensor], figures: JobFigures) -> float:
+    """Step 0, timed on its own: under train.compile it is the step that compiles."""
+    timer = StepTimer(micro[0].device, phases=False)
+    loss, timings = trainer.step(micro, timer)
+    figures.first_step_s = timings["step_ms"] / 1e3
+    return loss
+
+
+def _before_clock(cfg: BenchConfig, trainer: Trainer, micro, figures: JobFigures, watch):
+    """What steps the clock: the trainer, or under train.cuda_graphs the captured step (its
+    capture time, like a compilation, goes to time.compile_s)."""
+    if watch is not None:
+        watch.clock_starts()
+    if not cfg.train.cuda_graphs:
+        return trainer
+    t0 = time.perf_counter()
+    graphed = GraphedStep(trainer, micro)
+    figures.rec.time.compile_s = time.perf_counter() - t0
+    figures.extra_updates += graphed.updates  # the capture's warm-up iterations trained too
+    figures.rec.compile = Compile(mode="cuda_graphs", what="the whole step: forward, backward, clipping, AdamW",
+                                  graphs=1, graph_breaks=0)
+    figures.rec.work.ops_kind = "aten_captured"
+    return graphed
+
+
+def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host, watch) -> None:
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
     head = untimed(t.profile)
     n_steps = len(head) + t.warmup_steps + t.steps
     clock = _OnClock(device, t)
     rec.time.sync = clock.sync
+    stepper = trainer
     bar = tqdm(total=n_steps, desc=cfg.strategy.name, unit="step", leave=False, file=sys.stderr,
                disable=None if t.progress else True)
     try:
@@ -127,20 +166,21 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             figures.step_now = i
             kind = step_kind(i, t.warmup_steps, t.profile)
             if kind in ON_CLOCK:
-                finished = clock.step(trainer, i, kind, micro)
+                finished = clock.step(stepper.step, i, kind, micro)
             elif kind == "count":
-                finished = [(i, kind, _count_step(trainer, micro, rec, i), {})]
+                finished = [(i, kind, _count_step(trainer, micro, rec, i, t.compile), {})]
             elif kind == "profile":
-                finished = [(i, kind, _profile_step(trainer, micro, rec), {})]
+                finished = [(i, kind, _profile_step(trainer, micro, rec, t.compile), {})]
                 figures.extra_updates += 1  # the profiler's warm-up step also updated the weights
             else:
-                finished = [(i, kind, trainer.step(micro, StepTimer(device, phases=False))[0], {})]
+                finished = [(i, kind, _first_step(trainer, micro, figures), {})]
             evaluate = kind == head[-1] or (kind in ON_CLOCK and t.eval_every and i + 1 < n_steps
                                             and (i + 1 - len(head)) % t.eval_every == 0)
             for row in finished + (clock.drain(force=True) if evaluate or i + 1 == n_steps else []):
                 log.write(figures.on_step(*row))
             if kind == head[-1]:
-                # The counters and the profiler held extra references: peaks start after them.
+                stepper = _before_clock(cfg, trainer, micro, figures, watch)
+                # The counters, the profiler and a capture held extra references: peaks start after them.
                 memory.reset_peaks(device)
                 host.reset()
             if evaluate:
@@ -149,6 +189,14 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             signals.check()  # Ctrl-C or SIGTERM: stop here, between steps, with the record intact
     finally:
         bar.close()
+
+
+def _compile_s(figures: JobFigures) -> float | None:
+    """The compiling step's wall time beyond a steady step's."""
+    steady = figures.rec.time.step_ms.median
+    if figures.first_step_s is None or steady is None:
+        return None
+    return max(0.0, figures.first_step_s - steady / 1e3)
 
 
 def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
@@ -164,17 +212,22 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
     host = memory.HostPeak()
     memory.reset_peaks(s.device)
     host.reset()
-    guard = memory.HostMemoryGuard(_host_cap(cfg))
+    guard = memory.HostMemoryGuard(_host_cap(cfg, s.device))
+    watch = CompileWatch() if t.compile else None
     try:
         with StepLog(out_dir / STEPS) as log, guard:
-            _train(cfg, s, trainer, figures, log, host)
+            _train(cfg, s, trainer, figures, log, host, watch)
     except memory.HostMemoryExceeded:
-        raise OutOfMemory(figures.step_now, "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed "
-                          f"train.max_host_memory_gb={t.max_host_memory_gb}") from None
+        raise OutOfMemory(figures.step_now, "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed the cap of "
+                          f"{_host_cap(cfg, s.device) / 2**30:.2f} GiB (train.max_host_memory_gb, "
+                          f"train.memory_budget_gb)") from None
     except torch.cuda.OutOfMemoryError as e:
         raise OutOfMemory(figures.step_now, "cuda", str(e).splitlines()[0]) from None
     finally:  # whatever happened, keep what was measured up to here
         figures.close(gpu_neighbours(s.device))
+        if watch is not None:
+            rec.compile = watch.section()
+            rec.time.compile_s = _compile_s(figures)
         for k, v in memory.device_peaks(s.device).items():
             setattr(rec.memory, k, v)
         rec.memory.nvml_used_bytes = memory.nvml_used_bytes(s.device)

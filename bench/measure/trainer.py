@@ -36,35 +36,41 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: BenchConfig, b_params: list[nn.Parameter]):
         t = cfg.train
-        self.model = model
+        self.model = model  # the eager module: counting, evaluation and the profiler's ranges use it
+        # torch.compile is lazy: the first step through `run_model` compiles (bench/measure/compiled.py).
+        self.run_model = torch.compile(model) if t.compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # A captured CUDA graph replays the optimizer too: its step count must live on the device.
+        capturable = {"capturable": True} if t.cuda_graphs else {}
         self.optimizer = torch.optim.AdamW(param_groups(model, t.lr, cfg.lora.lr_ratio, b_params),
-                                           lr=t.lr, weight_decay=t.weight_decay)
+                                           lr=t.lr, weight_decay=t.weight_decay, **capturable)
         device_type = next(model.parameters()).device.type
-        self.autocast = (torch.autocast(device_type, dtype=_DTYPES[t.precision])
+        # A captured graph must not replay casts cached from the capture: the cache goes off then.
+        self.autocast = (torch.autocast(device_type, dtype=_DTYPES[t.precision], cache_enabled=not t.cuda_graphs)
                          if t.precision in _DTYPES else nullcontext())
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.clip = t.grad_clip
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, eager: bool = False) -> torch.Tensor:
         with self.autocast:
-            logits = self.model(batch[:, :-1])
+            logits = (self.model if eager else self.run_model)(batch[:, :-1])
             return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
 
     def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None,
-             defer_loss: bool = False) -> tuple[float | torch.Tensor, dict]:
+             defer_loss: bool = False, eager: bool = False) -> tuple[float | torch.Tensor, dict]:
         """One optimizer step over `micro_batches`; returns the mean loss and the timer's figures.
 
         `probe` (the counting step only) gets the saved-tensor context for the first micro-batch
         and the gradient bytes before the optimizer frees them. `defer_loss` returns the loss as
         a device tensor: reading it would synchronize, which a windowed timer must not do per step.
+        `eager` runs the uncompiled module (the counting step: counters cannot see inside a graph).
         """
         n = len(micro_batches)
         losses = []
         timer.start()
         for i, batch in enumerate(micro_batches):
             with probe.saved.active() if probe is not None and i == 0 else nullcontext():
-                loss = self.loss(batch)
+                loss = self.loss(batch, eager)
                 timer.mark("forward")
             scaled = loss / n if n > 1 else loss
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -72,7 +78,7 @@ class Trainer:
             losses.append(loss)
         if probe is not None:
             probe.grads_bytes = counters.grads_bytes(self.model)
-        self._update()
+        self.update()
         timer.mark("optimizer")
         timings = timer.stop()
         # Read the loss after the clock stops: .item() would sync inside the step.
@@ -80,7 +86,7 @@ class Trainer:
             return torch.stack([x.detach().float() for x in losses]).mean(), timings
         return sum(float(x.detach()) for x in losses) / n, timings
 
-    def _update(self) -> None:
+    def update(self) -> None:
         # Under the profiler, a named range lets the attribution file this as optimizer work.
         # Only then: record_function dispatches two operations even with no profiler running,
         # which a timed step and the operation count must not carry.
@@ -106,7 +112,7 @@ class Trainer:
     def eval_losses(self, batches: list[torch.Tensor]) -> list[float]:
         """The held-out loss of each batch, in eval mode (no dropout), no update."""
         self.model.eval()
-        losses = [float(self.loss(b)) for b in batches]
+        losses = [float(self.loss(b, eager=True)) for b in batches]  # no inference graph to compile
         self.model.train()
         return losses
 

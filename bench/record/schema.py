@@ -99,6 +99,10 @@ class Work:
     flops_per_step: Optional[int] = None
     ops_per_step: Optional[int] = None
     counted_step: Optional[int] = None
+    # "aten": aten operations dispatched (eager). "profiled": under torch.compile, the profiled step's
+    # top-level operations, compiled-graph calls among them. "aten_captured": the eager step's aten
+    # operations, every one replayed by a single CUDA-graph launch.
+    ops_kind: str = "aten"
 
 
 @dataclass
@@ -140,6 +144,7 @@ class Time:
     to_target_s: Optional[float] = None
     steps_to_target: Optional[int] = None
     sync: Optional[str] = None  # "step" (a host sync at both borders of every step) or "window:N" (CUDA)
+    compile_s: Optional[float] = None  # train.compile / cuda_graphs: compiling or capturing, off every clock
 
 
 @dataclass
@@ -178,6 +183,39 @@ class Attribution:
 
 
 @dataclass
+class Compile:
+    """What ran compiled or captured (bench/measure/compiled.py, bench/measure/graphs.py)."""
+    mode: str                                  # torch.compile | cuda_graphs
+    what: str
+    graphs: Optional[int] = None               # graphs compiled (a break or a recompile adds one)
+    graph_breaks: Optional[int] = None
+    break_reasons: list[str] = field(default_factory=list)
+    recompiles_on_clock: Optional[int] = None  # compiled after the untimed steps: should be 0
+    compiler_s: Optional[float] = None         # the compiler's own total of its time
+
+
+@dataclass
+class Probe:
+    """One batch size tried by the memory-budget search; its own record is at `path`."""
+    batch_size: int
+    status: str
+    path: str
+    peak_bytes: Optional[int] = None      # device peak allocated (CUDA) or host peak RSS (CPU)
+    tokens_per_s: Optional[float] = None
+    step_ms: Optional[float] = None
+
+
+@dataclass
+class Search:
+    """search.batch: the largest batch within the budget (bench/search.py). This job's other
+    sections are the record of the probe at `best_batch`."""
+    budget_gb: float
+    best_batch: Optional[int]  # None: not even batch 1 fitted
+    stopped_by: str            # fitted max_batch | bracketed (an oom above best_batch) | max_probes
+    probes: list[Probe] = field(default_factory=list)
+
+
+@dataclass
 class EvalPoint:
     step: int
     elapsed_s: float
@@ -211,6 +249,8 @@ class Record:
     calibration: Optional[Calibration] = None
     stability: Optional[Stability] = None
     attribution: Optional[Attribution] = None
+    compile: Optional[Compile] = None
+    search: Optional[Search] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     def to_json(self) -> dict:

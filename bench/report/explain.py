@@ -131,7 +131,8 @@ def _head(row: pd.Series, full: pd.Series) -> str:
 
 CATEGORY_NAMES = {"base_matmul": "base matmuls", "adapter_matmul": "adapter matmuls",
                   "adapter_other": "other adapter operations", "attention": "attention",
-                  "norm_activation_other": "norms, activations and the rest", "gradients": "gradient accumulation",
+                  "norm_activation_other": "norms, activations and the rest",
+                  "compiled": "compiled graphs", "gradients": "gradient accumulation",
                   "optimizer": "optimizer", "framework": "framework overhead", "gpu_idle": "GPU idle"}
 
 

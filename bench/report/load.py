@@ -55,7 +55,7 @@ def _stability(rec: Record) -> dict:
 
 # The attribution's categories (bench/measure/attribution.py), as the analysis reads them.
 ATTRIBUTION = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-               "gradients", "optimizer", "framework", "gpu_idle")
+               "compiled", "gradients", "optimizer", "framework", "gpu_idle")
 
 
 def _attribution(rec: Record) -> dict:

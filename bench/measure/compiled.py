@@ -1,0 +1,55 @@
+"""What train.compile did, read from TorchDynamo's own counters around the job's steps.
+
+- graphs: graphs Dynamo compiled (forward; AOTAutograd compiles each one's backward with it);
+  more than one means a graph break or a recompilation;
+- graph_breaks and their reasons, as Dynamo reports them;
+- recompiles_on_clock: graphs compiled after the untimed steps. It should be 0: warm-up exists
+  to cover recompilations, and a compilation on the clock is reported, never hidden;
+- compiler_s: Dynamo's own total of its compile time. `time.compile_s` is the measured one: the
+  wall time of the steps that compiled, less as many steady steps (bench/measure/protocol.py).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from bench.record.schema import Compile
+
+
+def _counters():
+    from torch._dynamo.utils import counters
+
+    return counters
+
+
+def snapshot() -> tuple[int, Counter]:
+    c = _counters()
+    return int(c["stats"]["unique_graphs"]), Counter(c["graph_break"])
+
+
+def compiler_seconds() -> float | None:
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+    except ImportError:  # private API: its absence costs only this one figure
+        return None
+    spent = calculate_time_spent()
+    return spent.get("entire_frame_compile")
+
+
+class CompileWatch:
+    """Dynamo's counters at the job's start and at the clock's start, compared at the end."""
+
+    def __init__(self):
+        self.start = snapshot()
+        self.clock = None
+
+    def clock_starts(self) -> None:
+        self.clock = snapshot()
+
+    def section(self) -> Compile:
+        graphs, breaks = snapshot()
+        new_breaks = breaks - self.start[1]
+        on_clock = None if self.clock is None else graphs - self.clock[0]
+        return Compile(mode="torch.compile", what="the model's forward and backward (AdamW eager)",
+                       graphs=graphs - self.start[0], graph_breaks=sum(new_breaks.values()),
+                       break_reasons=[f"{n} x {reason}" for reason, n in new_breaks.most_common(5)],
+                       recompiles_on_clock=on_clock, compiler_s=compiler_seconds())
