@@ -83,11 +83,15 @@ def config_key(node: dict) -> str:
     return hashlib.sha256(json.dumps(strip(node), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stages(node: dict, out_dir: Path, rec: Record) -> None:
-    """The stages of an ok job; the job's clock starts after any pretraining."""
+def _stages(node: dict, out_dir: Path, rec: Record) -> str:
+    """The stages of a job; its status. The job's clock starts after any pretraining."""
     cfg = load_config(node)
     device = resolve_device(cfg)
-    rec.pretrain = ensure_base(cfg)
+    rec.pretrain = ensure_base(cfg)  # before any probe of a search, so that none pretrains
+    if cfg.search.batch:
+        from bench.search import search_batch
+
+        return search_batch(cfg, node, out_dir, rec)
     t0 = time.perf_counter()
     try:
         rec.env = Env(**describe(device))
@@ -96,6 +100,7 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> None:
     finally:
         if rec.time is not None:
             rec.time.wall_s = time.perf_counter() - t0
+    return "ok"
 
 
 def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None = None) -> Record:
@@ -106,8 +111,10 @@ def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None =
     node = to_node(cfg)
     rec = Record(status="error", identity=identity(node, overrides), config=node)
     try:
-        _stages(node, out_dir, rec)
-        rec.status = "ok"
+        rec.status = _stages(node, out_dir, rec)
+        if rec.status == "oom" and rec.outcome is None:  # a search in which no batch fitted
+            rec.outcome = Outcome(reason=f"no batch size fitted the memory budget (train.memory_budget_gb="
+                                         f"{rec.search.budget_gb}); the probes are in {out_dir / 'probes'}")
     except ConfigError as e:
         rec.status, rec.outcome = "invalid", Outcome(reason=str(e), key=e.key)
     except Diverged as e:

@@ -54,10 +54,12 @@ def resolve_device(cfg: BenchConfig) -> torch.device:
         raise ConfigError("train.precision", "fp16 needs a CUDA device (its grad scaler is CUDA-only); use bf16 or fp32")
     if cfg.train.cuda_graphs and dev.type != "cuda":
         raise ConfigError("train.cuda_graphs", f"CUDA graphs need a CUDA device; this job runs on {dev.type}")
-    if cfg.train.memory_budget_gb is not None and dev.type == "cuda":
-        # The budget as the caching allocator's own limit: past it, allocation fails as a real OOM would.
+    if dev.type == "cuda":
+        # The budget as the caching allocator's own limit: past it, allocation fails as a real OOM
+        # would. Set for every job (1.0 without a budget): the limit outlives the job in the process.
+        budget = cfg.train.memory_budget_gb
         total = torch.cuda.get_device_properties(dev).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.train.memory_budget_gb * 2**30 / total), dev)
+        torch.cuda.set_per_process_memory_fraction(1.0 if budget is None else min(1.0, budget * 2**30 / total), dev)
     return dev
 
 

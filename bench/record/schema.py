@@ -200,6 +200,7 @@ class Probe:
     batch_size: int
     status: str
     path: str
+    fits: bool = False                    # ok, and its recorded peak within the budget
     peak_bytes: Optional[int] = None      # device peak allocated (CUDA) or host peak RSS (CPU)
     tokens_per_s: Optional[float] = None
     step_ms: Optional[float] = None

@@ -12,6 +12,7 @@ from bench.record.schema import Record, RecordError
 
 METRICS = "metrics.json"
 STEPS = "steps.jsonl"
+PROBES = "probes"  # the memory-budget search's probe jobs, under its own job directory (bench/search.py)
 
 
 def _clean(x: Any) -> Any:

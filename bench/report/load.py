@@ -13,13 +13,15 @@ from typing import Any
 import pandas as pd
 
 from bench.record.schema import Identity, Record, RecordError
-from bench.record.store import METRICS, STEPS, read_record, read_steps
+from bench.record.store import METRICS, PROBES, STEPS, read_record, read_steps
 
 # What makes two records comparable: same model shape, data, batch, precision and machine.
-SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "machine"]
+# `mode` is how the step runs (eager, compiled, CUDA graphs): a compiled LoRA step is compared with
+# a compiled full step; bench/report/fixes.py compares across modes.
+SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
-                "lr_ratio", "lr", "phases", "backend"]
+                "lr_ratio", "lr", "phases", "backend", "impl"]
 # LoRA keys that label a row only where the strategy uses LoRA.
 _LORA_KEYS = ("layers", "targets", "dropout", "init", "alpha", "rslora", "lr_ratio")
 
@@ -67,6 +69,20 @@ def _attribution(rec: Record) -> dict:
     return out
 
 
+def mode(rec: Record) -> str:
+    """How the step ran; records older than these keys ran eager."""
+    if config_value(rec, "train.cuda_graphs"):
+        return "CUDA graphs"
+    return "compiled" if config_value(rec, "train.compile") else "eager"
+
+
+def _search(rec: Record) -> dict:
+    s = rec.search
+    return {"budget_gb": None if s is None else s.budget_gb, "best_batch": None if s is None else s.best_batch,
+            "search_stopped_by": None if s is None else s.stopped_by,
+            "search_probes": None if s is None else [vars(p) for p in s.probes]}
+
+
 def _sections(rec: Record) -> dict:
     """The measured figures: every field of the typed sections, None where a section is absent."""
     t, m, w, p, loss, cal = rec.time, rec.memory, rec.work, rec.params, rec.loss, rec.calibration
@@ -82,6 +98,7 @@ def _sections(rec: Record) -> dict:
         **{f"{k}_mean_ms": None if t is None else getattr(t, f"{k}_ms").mean
            for k in ("step", "forward", "backward", "optimizer")},
         "tokens_per_s": a(t, "tokens_per_s"), "train_s": a(t, "train_s"), "wall_s": a(t, "wall_s"),
+        "compile_s": a(t, "compile_s"), "ops_kind": a(w, "ops_kind"),
         "to_target_s": a(t, "to_target_s"), "steps_to_target": a(t, "steps_to_target"),
         "device_peak_bytes": a(m, "device_peak_allocated_bytes"), "host_peak_rss_bytes": a(m, "host_peak_rss_bytes"),
         "weights_bytes": a(m, "weights_bytes"), "grads_bytes": a(m, "grads_bytes"),
@@ -104,6 +121,8 @@ def flatten(rec: Record, path: Path) -> dict:
         "failed_step": o and o.failed_step, "same_as": o and o.same_as, "config_key": i.config_key,
         "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
         "include_head": i.include_head, "repeat": i.repeat,
+        "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
+        "mode": mode(rec),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
         "dim": shape.dim if shape else config_value(rec, "model.dim"),
         "n_layers": shape.n_layers if shape else config_value(rec, "model.n_layers"),
@@ -112,7 +131,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
-        **_attribution(rec), "tokens_per_step": _tokens(rec),
+        **_attribution(rec), **_search(rec), "tokens_per_step": _tokens(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 
@@ -121,8 +140,10 @@ COLUMNS = list(flatten(Record(status="error", identity=Identity(config_key=""), 
 
 
 def _job_dirs(root: Path):
-    """Directories that hold a record, or that Hydra made for a job (.hydra/) and got none."""
+    """Directories that hold a record, or that Hydra made for a job (.hydra/) and got none. A memory-
+    budget search's probes are not jobs of the sweep: its own record carries their figures."""
     found = {p.parent for p in root.rglob(METRICS)} | {p.parent for p in root.rglob(".hydra")}
+    found = {d for d in found if PROBES not in d.relative_to(root).parts}
     # Natural order (2 before 10), and never a comparison of a number with a name.
     return sorted(found, key=lambda d: [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in d.parts])
 
