@@ -267,6 +267,23 @@ def _check_ranges(c: BenchConfig) -> None:
     _check_training(c)
 
 
+def _check_fixes(c: BenchConfig) -> None:
+    """The ways of running a step (compile, CUDA graphs) and the memory-budget search."""
+    t, s = c.train, c.search
+    if t.memory_budget_gb is not None:
+        _positive("train.memory_budget_gb", t.memory_budget_gb)
+    if t.cuda_graphs and t.compile:
+        raise ConfigError("train.cuda_graphs", "captures the eager step; with train.compile=true choose one of the two")
+    if t.cuda_graphs and t.precision == "fp16":
+        raise ConfigError("train.cuda_graphs", "fp16's grad scaler reads the device between steps; use bf16 or fp32")
+    if s.batch and t.memory_budget_gb is None:
+        raise ConfigError("search.batch", "the search needs a budget: train.memory_budget_gb=<GiB>")
+    _positive("search.max_batch", s.max_batch)
+    _positive("search.max_probes", s.max_probes)
+    if s.batch and t.batch_size > s.max_batch:
+        raise ConfigError("train.batch_size", f"the search starts at {t.batch_size}, above search.max_batch={s.max_batch}")
+
+
 def _check_training(c: BenchConfig) -> None:
     m = c.model
     r = c.lora
@@ -300,21 +317,9 @@ def _check_training(c: BenchConfig) -> None:
     if t.max_host_memory_gb is not None:
         _positive("train.max_host_memory_gb", t.max_host_memory_gb)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
-    if t.memory_budget_gb is not None:
-        _positive("train.memory_budget_gb", t.memory_budget_gb)
-    if t.cuda_graphs and t.compile:
-        raise ConfigError("train.cuda_graphs", "captures the eager step; with train.compile=true choose one of the two")
-    if t.cuda_graphs and t.precision == "fp16":
-        raise ConfigError("train.cuda_graphs", "fp16's grad scaler reads the device between steps; use bf16 or fp32")
-    s = c.search
-    if s.batch and t.memory_budget_gb is None:
-        raise ConfigError("search.batch", "the search needs a budget: train.memory_budget_gb=<GiB>")
-    _positive("search.max_batch", s.max_batch)
-    _positive("search.max_probes", s.max_probes)
-    if s.batch and t.batch_size > s.max_batch:
-        raise ConfigError("train.batch_size", f"the search starts at {t.batch_size}, above search.max_batch={s.max_batch}")
     _positive("lora.lr_ratio", r.lr_ratio)
 
+    _check_fixes(c)
     p = c.pretrain
     for name in ("steps", "lr", "batch_size", "seq_len"):
         _positive(f"pretrain.{name}", getattr(p, name))

@@ -157,3 +157,21 @@ def summary_line(rec: Record) -> str:
     return (f"{head}: step {t.step_ms.median:.2f} ms (median), {mem}, "
             f"trainable {p.trainable:,} ({100 * p.trainable / p.total:.2f}%), "
             f"loss {loss.first:.3f} -> {loss.last:.3f} (eval {loss.eval_end:.3f})")
+
+
+def main(argv: list[str]) -> int:
+    """One job from a resolved configuration: python -m bench.job <dir holding config.json>. The
+    memory-budget search runs each probe this way, in a fresh process (bench/search.py)."""
+    from bench import signals
+
+    out_dir = Path(argv[0])
+    signals.install()
+    try:
+        rec = run_job(json.loads((out_dir / "config.json").read_text()), out_dir)
+    finally:
+        signals.uninstall()
+    return 0 if rec.status in ("ok", "oom") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

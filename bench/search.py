@@ -50,7 +50,7 @@ def _probe(node: dict, batch: int, out_dir: Path) -> Record:
     probe["search"]["batch"] = False
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(probe))
-    proc = subprocess.run([sys.executable, "-m", "bench.search", str(out_dir)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.job", str(out_dir)], capture_output=True, text=True)
     if not (out_dir / METRICS).exists():  # the process died before the job could record anything
         raise RuntimeError(f"the probe at batch {batch} left no record (exit {proc.returncode}): "
                            f"{proc.stderr.strip().splitlines()[-1:] or ''}")
@@ -98,21 +98,3 @@ def search_batch(cfg: BenchConfig, node: dict, out_dir: Path, rec: Record) -> st
         setattr(rec, name, getattr(best[1], name))
     rec.config["train"]["batch_size"] = best[0]  # the record's sections were measured at this batch
     return "ok"
-
-
-def main(argv: list[str]) -> int:
-    """One probe: python -m bench.search <dir with config.json> (run by search_batch, not by hand)."""
-    from bench import signals
-    from bench.job import run_job
-
-    out_dir = Path(argv[0])
-    signals.install()
-    try:
-        rec = run_job(json.loads((out_dir / "config.json").read_text()), out_dir)
-    finally:
-        signals.uninstall()
-    return 0 if rec.status in ("ok", "oom") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

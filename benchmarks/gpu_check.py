@@ -8,8 +8,10 @@ Parts, in order (each fits one 10-minute call of a lent GPU machine; pick some w
                 with the head at ranks 2 and 8, lora_qk and lora_last, 3 repeats
   launch_bound  +study=launch_bound device=cuda: the launch-bound corner on the GPU
   crossover_gpu +study=crossover_gpu: lora_all and lora_qk against full over width x tokens
-  backends      +study=backends device=cuda: the native layer against PEFT's
+  backends      +study=backends device=cuda: the eager and fused layers against PEFT's
   overhead      +study=overhead device=cuda: does phase timing change the step?
+  fixes_gpu     +study=fixes_gpu device=cuda: eager, fused, compiled and CUDA graphs, bf16
+  memory_budget +study=memory_budget device=cuda train.memory_budget_gb=8: tokens/s at equal memory
 Each sweep's records and report land in OUT_DIR/<part>/, the log in OUT_DIR/gpu_check.log,
 summary.md from the project's own `python -m bench.report --table`, and everything packed in
 OUT_DIR/gpu_check.tar.gz (one file to fetch). File them with benchmarks/reference.py --file.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = {"minimind_88": [], "launch_bound": ["device=cuda"], "crossover_gpu": [],
-           "backends": ["device=cuda"], "overhead": ["device=cuda"]}
+           "backends": ["device=cuda"], "overhead": ["device=cuda"], "fixes_gpu": ["device=cuda"],
+           "memory_budget": ["device=cuda", "train.memory_budget_gb=8", "train.seq_len=512",
+                             "search.max_batch=1024"]}
 PARTS = ["tests", *STUDIES]
 
 
@@ -63,7 +67,7 @@ def main(out: Path, parts: list[str]) -> int:
             f.flush()
             subprocess.call([py, "-m", "bench.report", str(out / part), "--table"], cwd=ROOT, stdout=f)
         for part, script, title in (("overhead", "overhead.py", "Phase-timing overhead"),
-                                    ("backends", "backends.py", "Native against PEFT")):
+                                    ("backends", "backends.py", "Our layers against PEFT")):
             if part in parts:  # the project's own benchmark script on the part's sweep
                 f.write(f"\n## {title} (python benchmarks/{script})\n\n```\n")
                 f.flush()

@@ -62,6 +62,11 @@ def file_sweep(sweep: Path, name: str, how: str) -> Path:
         for f in ("metrics.json", "steps.jsonl"):
             if (p.parent / f).exists():
                 shutil.copy(p.parent / f, job / f)
+        for probe in sorted((p.parent / "probes").glob("*/metrics.json")):  # a memory-budget search's probes
+            (job / "probes" / probe.parent.name).mkdir(parents=True, exist_ok=True)
+            for f in ("metrics.json", "steps.jsonl"):
+                if (probe.parent / f).exists():
+                    shutil.copy(probe.parent / f, job / "probes" / probe.parent.name / f)
     (dest / "COMMAND.md").write_text(
         f"{how}, on {machine}, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
         f"Rebuild the report from the records: `python -m bench.report {dest.relative_to(ROOT)}/records "

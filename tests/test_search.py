@@ -59,7 +59,13 @@ def test_a_search_records_every_probe_and_reports_the_largest_fit(tmp_path):
         assert (tmp_path / p.path / "metrics.json").exists()
     # The report reads the searching job, not its probes.
     df = load_records([tmp_path])
-    assert len(df) == 1 and df.iloc[0].best_batch == s.best_batch
+    assert len(df) == 1 and (df.iloc[0].best_batch == s.best_batch or s.best_batch is None)
+    from bench.report import build_report
+
+    md = build_report([tmp_path], tmp_path / "report", html=False).read_text()
+    section = md.split("## Throughput at equal memory")[1]
+    assert ", ".join(f"{p.batch_size} {'fits' if p.fits else p.status}" for p in s.probes) in section
+    assert (tmp_path / "report" / "memory_budget.png").exists() == bool(fitted)
 
 
 def test_a_search_needs_a_budget(cfg_of):

@@ -21,7 +21,10 @@ GRIDS = {
     "dropout": (12, 9),            # 3 repeats x (full once + 2 dropouts)
     "init": (24, 13),              # full once + 2 inits x 2 scalings x 3 LoRA+ ratios
     "overhead": (10, 10),
-    "backends": (48, 48),
+    "backends": (72, 72),          # 3 repeats x 2 strategies x 2 ranks x 2 alphas x (eager, fused, peft)
+    "fixes": (36, 30),             # 3 repeats x 2 cells x (full: eager = fused, compiled; lora_all x 3 fixes)
+    "fixes_gpu": (48, 42),         # the same with CUDA graphs
+    "memory_budget": (3, 3),       # one search per strategy
     "launch_bound": (6, 6),        # 3 repeats x (full, lora_all)
 }
 
@@ -44,6 +47,23 @@ def test_study_expands_to_its_grid(study):
     launched, distinct = GRIDS[study]
     assert len(jobs) == launched
     assert len({config_key(node) for _, node, _ in jobs}) == distinct
+
+
+def test_fixes_study_runs_each_fix_at_both_cells():
+    seen = {(c.model.name, c.model.dim, c.train.batch_size, c.train.seq_len, c.strategy.name,
+             c.lora.impl if c.strategy.name != "full" else None, c.train.compile) for _, _, c in _jobs("fixes")}
+    cells = {("tiny", 32, 1, 16), ("minimind_v1", 512, 2, 64)}
+    assert {s[:4] for s in seen} == cells
+    for cell in cells:
+        assert {s[4:] for s in seen if s[:4] == cell} == {
+            ("full", None, False), ("full", None, True), ("lora_all", "eager", False),
+            ("lora_all", "fused", False), ("lora_all", "eager", True)}
+
+
+def test_memory_budget_study_searches_each_strategy():
+    jobs = _jobs("memory_budget")
+    assert {c.strategy.name for _, _, c in jobs} == {"full", "lora_all", "lora_qk"}
+    assert all(c.search.batch and c.train.memory_budget_gb for _, _, c in jobs)
 
 
 def test_minimind_88_is_the_reported_setting():

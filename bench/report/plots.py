@@ -212,3 +212,25 @@ def attribution_deltas(deltas: pd.DataFrame, title: str, out: Path, name: str) -
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, name)
+
+
+def memory_budget(searched: pd.DataFrame, out: Path, name: str) -> list[Path]:
+    """Tokens/s against peak memory: every probe that fitted, one line per configuration; the
+    budget as a vertical line. Where a configuration's line ends is what the budget allows it."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    for _, r in searched.iterrows():
+        fitted = sorted((p["peak_bytes"], p["tokens_per_s"], p["batch_size"]) for p in (r.search_probes or [])
+                        if p["fits"] and p["tokens_per_s"])
+        if not fitted:
+            continue
+        x, y, b = zip(*fitted)
+        label = r.strategy + ("" if r["rank"] != r["rank"] or r["rank"] is None else f" r={int(r['rank'])}")
+        ax.plot([v / 2**20 for v in x], y, marker="o", color=colour(r.strategy), label=label)
+        ax.annotate(f"batch {b[-1]}", (x[-1] / 2**20, y[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for gb in searched.budget_gb.dropna().unique():
+        ax.axvline(gb * 1024, color="grey", ls=":", lw=1)
+    ax.set_xlabel("peak memory (MiB)")
+    ax.set_ylabel("tokens per second")
+    ax.set_title("Throughput against memory; dotted: the budget", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import plots, stats
+from bench.report import fixes, plots, stats
 from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
                                   verdict)
 from bench.report.load import load_records, markdown, with_ratios
@@ -250,6 +250,8 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
         except Exception as e:  # one setting must not cost the others
             blocks.append(("p", f"Setting {n + 1} could not be reported: {type(e).__name__}: {e}"))
     blocks += _crossover_blocks(df, out)
+    blocks += fixes.fix_blocks(df)
+    blocks += fixes.budget_blocks(df, out, plots.memory_budget)
     blocks += _failure_blocks(df)
     md = _render_md(blocks)
     (out / "report.md").write_text(md)

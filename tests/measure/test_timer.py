@@ -88,7 +88,7 @@ def test_the_protocol_reads_a_window_of_steps_in_order(monkeypatch):
     monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: None)
 
-    class FakeTrainer:  # what _OnClock asks of the trainer: a step that defers its loss
+    class FakeTrainer:  # what _OnClock asks of the stepper: a step that defers its loss
         def step(self, micro, timer, defer_loss=False):
             assert defer_loss
             timer.start()
@@ -97,7 +97,7 @@ def test_the_protocol_reads_a_window_of_steps_in_order(monkeypatch):
 
     clock = protocol._OnClock(torch.device("cuda"), SimpleNamespace(sync_every=3, phases=False))
     assert clock.sync == "window:3"
-    rows = [row for i in range(4) for row in clock.step(FakeTrainer(), i, "timed", i)]
+    rows = [row for i in range(4) for row in clock.step(FakeTrainer().step, i, "timed", i)]
     rows += clock.drain(force=True)
     assert [(r[0], r[2]) for r in rows] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
     assert all(isinstance(r[2], float) and "step_ms" in r[3] for r in rows)
