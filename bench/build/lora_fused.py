@@ -49,14 +49,11 @@ class _FusedLoRA(torch.autograd.Function):
         xin = x if x_d is None else x_d
         merge_fwd, merge_bwd = orders(x.shape[0], x.shape[1], weight.shape[0], x.dtype)
         merge_fwd = merge_fwd and x_d is None  # a dropped-out adapter input cannot share W's product
-        with torch.autocast(x.device.type, enabled=False):
-            xa = torch.mm(xin, lora_a.t())  # (N, r): dB needs it whichever order runs
-            if merge_fwd:
-                w = torch.addmm(weight, lora_b, lora_a, alpha=scale)  # W + s·B·A, no transpose needed
-                y = torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())
-            else:
-                y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-                y.addmm_(xa, lora_b.t(), alpha=scale)
+        if dtype is None:  # the common case: no context manager to enter (a few microseconds per layer)
+            y, xa = _forward(x, xin, weight, bias, lora_a, lora_b, scale, merge_fwd)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                y, xa = _forward(x, xin, weight, bias, lora_a, lora_b, scale, merge_fwd)
         ctx.save_for_backward(x, x_d, weight, lora_a, lora_b, xa)
         ctx.scale, ctx.merge_bwd, ctx.has_bias = scale, merge_bwd, bias is not None
         return y
@@ -66,7 +63,8 @@ class _FusedLoRA(torch.autograd.Function):
         x, x_d, weight, lora_a, lora_b, xa = ctx.saved_tensors
         s = ctx.scale
         need_x, need_xd, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
-        g = g.to(x.dtype)
+        if g.dtype != x.dtype:
+            g = g.to(x.dtype)
         dx = dxd = dw = db = da = dbb = None
         merge = ctx.merge_bwd and x_d is None
         gb = torch.mm(g, lora_b) if (need_a or need_xd or (need_x and not merge)) else None  # (N, r)
@@ -89,6 +87,15 @@ class _FusedLoRA(torch.autograd.Function):
         if need_b and ctx.has_bias:
             db = g.sum(0)
         return dx, dxd, dw, db, da, dbb, None
+
+
+def _forward(x, xin, weight, bias, lora_a, lora_b, scale, merge_fwd):
+    xa = torch.mm(xin, lora_a.t())  # (N, r): dB needs it whichever order runs
+    if merge_fwd:
+        w = torch.addmm(weight, lora_b, lora_a, alpha=scale)  # W + s·B·A, no transpose needed
+        return (torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())), xa
+    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    return y.addmm_(xa, lora_b.t(), alpha=scale), xa
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:

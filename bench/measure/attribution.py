@@ -43,12 +43,15 @@ _MATMULS = {"aten::linear", "aten::mm", "aten::matmul", "aten::addmm", "aten::bm
 def module_categories(model: nn.Module) -> dict[nn.Module, str]:
     """The range each module opens: adapter layers (native or PEFT), their parts, linears, attention."""
     from bench.build.lora import LoRALinear
+    from bench.build.lora_fused import FusedLoRALinear
 
     peft_layer = _peft_layer_type()
     cats: dict[nn.Module, str] = {}
     for name, m in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(m, LoRALinear) or (peft_layer is not None and isinstance(m, peft_layer)):
+        if isinstance(m, FusedLoRALinear):
+            cats[m] = "adapter_matmul"      # one node computes the base and adapter products together
+        elif isinstance(m, LoRALinear) or (peft_layer is not None and isinstance(m, peft_layer)):
             cats[m] = "adapter_other"       # what the wrapper adds around its parts
         elif isinstance(m, nn.Linear) and (name.split(".")[-2:-1] in (["lora_A"], ["lora_B"]) or
                                            leaf in ("lora_A", "lora_B")):
