@@ -226,7 +226,8 @@ def memory_budget(searched: pd.DataFrame, out: Path, name: str) -> list[Path]:
         x, y, b = zip(*fitted)
         label = r.strategy + ("" if r["rank"] != r["rank"] or r["rank"] is None else f" r={int(r['rank'])}")
         ax.plot([v / 2**20 for v in x], y, marker="o", color=colour(r.strategy), label=label)
-        ax.annotate(f"batch {b[-1]}", (x[-1] / 2**20, y[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        i = b.index(max(b))  # the largest batch that fitted (peaks are measured, so not always the rightmost)
+        ax.annotate(f"batch {b[i]}", (x[i] / 2**20, y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for gb in searched.budget_gb.dropna().unique():
         ax.axvline(gb * 1024, color="grey", ls=":", lw=1)
     ax.set_xlabel("peak memory (MiB)")
