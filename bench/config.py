@@ -121,6 +121,7 @@ class TrainConfig:
     eval_every: int
     target_loss: Optional[float]
     compile: bool
+    compile_cache: bool
     cuda_graphs: bool
     memory_budget_gb: Optional[float]
 

@@ -192,6 +192,7 @@ class Compile:
     break_reasons: list[str] = field(default_factory=list)
     recompiles_on_clock: Optional[int] = None  # compiled after the untimed steps: should be 0
     compiler_s: Optional[float] = None         # the compiler's own total of its time
+    cache_hits: Optional[int] = None           # graphs taken from Inductor's on-disk cache
 
 
 @dataclass

@@ -20,11 +20,13 @@ def _losses(tmp_path, name):
 @pytest.mark.parametrize("strategy", ["full", "lora_all"])
 def test_compiled_job_records_its_compilation_and_trains_like_eager(tmp_path, strategy):
     eager = _job(tmp_path, "eager", f"strategy={strategy}", "lora.alpha=16")
-    compiled = _job(tmp_path, "compiled", f"strategy={strategy}", "lora.alpha=16", "train.compile=true")
+    compiled = _job(tmp_path, "compiled", f"strategy={strategy}", "lora.alpha=16", "train.compile=true",
+                    "train.compile_cache=false")
     assert compiled.status == "ok", compiled.outcome
     c = compiled.compile
     assert c.mode == "torch.compile" and c.graphs >= 1 and c.graph_breaks == 0
     assert c.recompiles_on_clock == 0  # the warm-up covered every compilation
+    assert c.cache_hits == 0 and c.compiler_s > 0  # a cold compile, as asked
     # Compiling takes seconds; a steady step takes milliseconds. Off the clock, in its own field.
     assert compiled.time.compile_s > 10 * compiled.time.step_ms.median / 1e3
     assert compiled.time.train_s < compiled.time.compile_s
