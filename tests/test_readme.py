@@ -22,6 +22,8 @@ def test_backend_figures_are_quoted_verbatim():
     block = README.split("backends.txt):")[1].split("```")[1]
     lines = [ln for ln in block.splitlines() if ln.strip()]
     assert len(lines) == 8 and all(ln in text for ln in lines)
+    for figure in ("0.944", "0.964"):  # the sentence under the block
+        assert figure in block.split("lora_all r=8 scale 2")[1].splitlines()[0] or figure in text
 
 
 def test_overhead_figures_are_in_the_filed_outputs():
@@ -39,3 +41,20 @@ def test_measured_explanation_and_profile_overhead_are_in_the_filed_outputs():
     out = (REF / "overhead" / "intel-r-xeon-r-processor-2-threads" / "profile_overhead.txt").read_text()
     for figure in ("13.988 ms", "13.974 ms", "median 1.006", "0.997-1.011", "3.0%"):
         assert figure in out, figure
+
+
+def test_fixes_and_memory_budget_figures_are_in_the_filed_reports():
+    machine = "intel-r-xeon-r-processor-2-threads"
+    fixes = (REF / "fixes" / machine / "report" / "report.md").read_text()
+    section = _section("Making LoRA not slower: the fixes, measured")
+    for figure in ("1.46x (1.43-1.51)", "1.36x (1.33-1.41)", "1.33x (1.30-1.37)", "0.59x (0.57-0.60)",
+                   "0.58x (0.56-0.59)", "0.50x (0.48-0.51)", "| 5.3 |", "| 7.9 |", "| 10.8 |", "| 16.8 |",
+                   "| 2174 |", "| 1632 |", "| 1369 |", "| 7.45 |", "| 6.92 |", "| 4.36 |", "| 5.10 |", "| 3.28 |",
+                   "0.86x (0.84-0.89)"):
+        assert figure in fixes, figure
+        assert figure.strip("| ").split(" (")[0] in section, figure
+    budget = (REF / "memory_budget" / machine / "report" / "report.md").read_text()
+    for figure in ("| 15 | 1,269 |", "| 23 | 1,613 |", "| 31 | 1,848 |", "1.27x full", "1.46x full"):
+        assert figure in budget, figure
+        assert all(part.strip().replace(" full", "") in section for part in figure.strip("| ").split("|")
+                   if part.strip()), figure
