@@ -75,6 +75,9 @@ def preflight(argv: list[str]) -> None:
 
 
 REPORT_FAILED: list[Path] = []  # sweeps whose report failed in this process: the sweep exits 1
+# Statuses of a sweep whose jobs ran in other processes (Hydra's submitit launchers): read from
+# their records when the sweep ends, for the exit code.
+SWEPT_ELSEWHERE: list[str] = []
 
 
 def report_sweep(sweep_dir: Path) -> bool:
@@ -92,6 +95,22 @@ def report_sweep(sweep_dir: Path) -> bool:
         return False
 
 
+def record_statuses(sweep_dir: Path) -> list[str]:
+    """The status of every job record directly under a sweep (an unreadable one counts as error)."""
+    from bench.record.store import METRICS, read_record
+
+    out = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{METRICS}")):
+        try:
+            out.append(read_record(path).status)
+        except Exception:
+            out.append("error")
+    return out
+
+
 class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        report_sweep(Path(config.hydra.sweep.dir))
+        sweep = Path(config.hydra.sweep.dir)
+        if config.hydra.launcher._target_.split(".")[-1] != "BasicLauncher":
+            SWEPT_ELSEWHERE.extend(record_statuses(sweep))
+        report_sweep(sweep)

@@ -32,6 +32,7 @@ DATA_KINDS = ("random", "markov", "jsonl")
 MODEL_KINDS = ("native", "hf_llama", "hf")
 BACKENDS = ("native", "peft")
 IMPLS = ("eager", "fused")
+DIST_MODES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,12 @@ class PeftConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    nproc: int  # processes (ranks); > 1 starts them through torchrun (bench/dist/launch.py)
+    mode: str   # ddp | fsdp
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     device: str
     repeat: int
@@ -160,6 +167,20 @@ class BenchConfig:
     pretrain: PretrainConfig
     peft: PeftConfig
     search: SearchConfig
+    dist: DistConfig
+
+
+def _ranks() -> int:
+    """${ranks:} in conf/parallel/: one rank per CUDA device present, or 2 on a machine without one."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.device_count() > 1 else 2
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("ranks", _ranks, replace=True)
 
 
 def load_config(cfg: Any) -> BenchConfig:
@@ -285,6 +306,23 @@ def _check_fixes(c: BenchConfig) -> None:
         raise ConfigError("train.batch_size", f"the search starts at {t.batch_size}, above search.max_batch={s.max_batch}")
 
 
+def _check_dist(c: BenchConfig) -> None:
+    """Combinations a multi-process job cannot measure yet are refused here, each with its reason."""
+    d, t = c.dist, c.train
+    _positive("dist.nproc", d.nproc)
+    _one_of("dist.mode", d.mode, DIST_MODES)
+    if d.nproc == 1:
+        return
+    if t.grad_accum > 1:
+        raise ConfigError("dist.nproc", "gradient accumulation across ranks is not measured yet (train.grad_accum=1)")
+    if t.compile or t.cuda_graphs:
+        raise ConfigError("dist.nproc", "compiled or captured steps are not measured across ranks yet")
+    if c.search.batch:
+        raise ConfigError("dist.nproc", "the memory-budget search runs one process")
+    if t.precision == "fp16":
+        raise ConfigError("dist.nproc", "fp16's grad scaler is not wired across ranks; use bf16 or fp32")
+
+
 def _check_training(c: BenchConfig) -> None:
     m = c.model
     r = c.lora
@@ -321,6 +359,7 @@ def _check_training(c: BenchConfig) -> None:
     _positive("lora.lr_ratio", r.lr_ratio)
 
     _check_fixes(c)
+    _check_dist(c)
     p = c.pretrain
     for name in ("steps", "lr", "batch_size", "seq_len"):
         _positive(f"pretrain.{name}", getattr(p, name))
@@ -341,3 +380,6 @@ def _check_training(c: BenchConfig) -> None:
             raise ConfigError("data.path", "data=jsonl needs a file: data.path=/path/to/file.jsonl")
         if m.vocab_size is not None and m.vocab_size < 256:
             raise ConfigError("model.vocab_size", f"data=jsonl uses byte tokens and needs >= 256, got {m.vocab_size}")
+
+
+register_resolvers()  # before any composed config is resolved: every entry point imports this module

@@ -92,6 +92,10 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> str:
         from bench.search import search_batch
 
         return search_batch(cfg, node, out_dir, rec)
+    if cfg.dist.nproc > 1:
+        from bench.dist.launch import run_distributed
+
+        return run_distributed(cfg, node, out_dir, rec)
     t0 = time.perf_counter()
     try:
         rec.env = Env(**describe(device))

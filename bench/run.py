@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bench import signals
-from bench.cli import REPORT_FAILED, preflight, report_sweep
+from bench.cli import REPORT_FAILED, SWEPT_ELSEWHERE, preflight, report_sweep
 from bench.job import identity, run_job, summary_line, to_node
 from bench.record.schema import Outcome, Record, RecordError
 from bench.record.store import METRICS, STEPS, read_record, write_record
@@ -121,7 +121,8 @@ def cli() -> None:
         if SWEEP_DIRS:  # Hydra skips on_multirun_end after an interrupt: report what was measured
             report_sweep(SWEEP_DIRS[-1])
         sys.exit(130)
-    sys.exit(exit_code(FINISHED, report_ok=not REPORT_FAILED, stopped=signals.requested()))
+    finished = FINISHED or [(status, True) for status in SWEPT_ELSEWHERE]  # jobs in other processes
+    sys.exit(exit_code(finished, report_ok=not REPORT_FAILED, stopped=signals.requested()))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Parts, in order (each fits one 10-minute call of a lent GPU machine; pick some w
   overhead      +study=overhead device=cuda: does phase timing change the step?
   fixes_gpu     +study=fixes_gpu device=cuda: eager, fused, compiled and CUDA graphs, bf16
   memory_budget +study=memory_budget device=cuda train.memory_budget_gb=8: tokens/s at equal memory
+  distributed   +study=distributed_gpu: full, lora_all, lora_qk on 1 process and on every GPU (DDP, FSDP)
 Each sweep's records and report land in OUT_DIR/<part>/, the log in OUT_DIR/gpu_check.log,
 summary.md from the project's own `python -m bench.report --table`, and everything packed in
 OUT_DIR/gpu_check.tar.gz (one file to fetch). File them with benchmarks/reference.py --file.
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDIES = {"minimind_88": [], "launch_bound": ["device=cuda"], "crossover_gpu": [],
            "backends": ["device=cuda"], "overhead": ["device=cuda"], "fixes_gpu": ["device=cuda"],
            "memory_budget": ["device=cuda", "train.memory_budget_gb=8", "train.seq_len=512",
-                             "search.max_batch=1024"]}
+                             "search.max_batch=1024"],
+           "distributed_gpu": ["device=cuda"]}
 PARTS = ["tests", *STUDIES]
 
 

@@ -25,6 +25,8 @@ GRIDS = {
     "fixes": (36, 30),             # 3 repeats x 2 cells x (full: eager = fused, compiled; lora_all x 3 fixes)
     "fixes_gpu": (48, 42),         # the same with CUDA graphs
     "memory_budget": (3, 3),       # one search per strategy
+    "distributed": (27, 27),       # 3 repeats x (single, 2 x ddp, 2 x fsdp) x (full, lora_all, lora_qk)
+    "distributed_gpu": (27, 27),
     "launch_bound": (6, 6),        # 3 repeats x (full, lora_all)
 }
 
@@ -58,6 +60,12 @@ def test_fixes_study_runs_each_fix_at_both_cells():
         assert {s[4:] for s in seen if s[:4] == cell} == {
             ("full", None, False), ("full", None, True), ("lora_all", "eager", False),
             ("lora_all", "fused", False), ("lora_all", "eager", True)}
+
+
+def test_distributed_study_compares_on_equal_ranks():
+    seen = {(c.dist.nproc, c.dist.mode, c.strategy.name) for _, _, c in _jobs("distributed")}
+    assert {(n, m) for n, m, _ in seen} == {(1, "ddp"), (2, "ddp"), (2, "fsdp")}  # 2 ranks: no GPU here
+    assert {s for *_, s in seen} == {"full", "lora_all", "lora_qk"}
 
 
 def test_memory_budget_study_searches_each_strategy():

@@ -36,12 +36,13 @@ class Setup:
     adapters: dict[str, list[nn.Parameter]]  # by role, "A" and "B": LoRA+ reads B
     eval_batches: list[torch.Tensor]
     device: torch.device
+    data_seed: int | None = None  # None: train.seed; a data-parallel rank draws from its own stream
 
     def train_batches(self, cfg: BenchConfig, n_steps: int) -> Iterator[list[torch.Tensor]]:
         """Each step's micro-batches, made and moved just before the step (outside its clock:
         the timer synchronizes at start), so no run holds all of its data."""
         t = cfg.train
-        gen = torch.Generator().manual_seed(t.seed)
+        gen = torch.Generator().manual_seed(t.seed if self.data_seed is None else self.data_seed)
         for _ in range(n_steps):
             yield [self.source.batch(t.batch_size, t.seq_len, gen).to(self.device) for _ in range(t.grad_accum)]
 

@@ -15,6 +15,8 @@ tensor shapes, and nothing in PEFT is edited: its layers are recognised by type.
     norm_activation_other  norms, activations, embedding, loss, everything else of the model
     compiled               (train.compile) the compiled graphs' forward and backward calls: inside
                            one, base, adapter and the rest are fused and cannot be told apart
+    communication          (dist.nproc > 1) collectives and waits on them, where the training
+                           thread runs or blocks on them: communication not hidden behind compute
     gradients              accumulating gradients into .grad (one per trainable tensor)
     optimizer              the optimizer step and gradient clipping
     framework              step wall time no operation accounts for (Python, autograd engine, dispatch)
@@ -34,9 +36,11 @@ import torch.nn as nn
 from torch.autograd.profiler import record_function
 
 CATEGORIES = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-              "compiled", "gradients", "optimizer", "framework")
+              "compiled", "communication", "gradients", "optimizer", "framework")
 ADAPTER = ("adapter_matmul", "adapter_other")
 PREFIX = "lb::"
+_COMM_PREFIXES = ("c10d::", "gloo:", "nccl:")
+_COMM_NAMES = {"record_param_comms", "aten::wait", "torch.distributed.wait"}
 _MATMULS = {"aten::linear", "aten::mm", "aten::matmul", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
@@ -98,6 +102,8 @@ def module_ranges(model: nn.Module):
 def _category(event, forward_of: dict[int, str]) -> str:
     """The category of one top-level operation (its innermost lb:: range, or its forward's)."""
     name = event.name
+    if name.startswith(_COMM_PREFIXES) or name in _COMM_NAMES:
+        return "communication"
     if "Compiled" in name:  # CompiledFunction, CompiledFunctionBackward, Torch-Compiled Region
         return "compiled"
     if name.startswith("autograd::engine::evaluate_function: "):

@@ -32,11 +32,19 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _ptr(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a storage of their own
+        return None
+
+
 class SavedTensors:
     """Counts the bytes autograd saves for backward while active."""
 
     def __init__(self, model: nn.Module):
-        self._params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        # A sharded (FSDP) parameter is a DTensor: its own storage is that of its local shard.
+        self._params = {_ptr(getattr(p, "_local_tensor", p)) for p in model.parameters()}
         self._seen: dict[int, torch.UntypedStorage] = {}
 
     @property

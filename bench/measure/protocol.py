@@ -151,7 +151,8 @@ def _before_clock(cfg: BenchConfig, trainer: Trainer, micro, figures: JobFigures
     return graphed
 
 
-def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host, watch) -> None:
+def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, log: StepLog, host, watch,
+           on_step=None) -> None:
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
     head = untimed(t.profile)
@@ -178,6 +179,8 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
                                             and (i + 1 - len(head)) % t.eval_every == 0)
             for row in finished + (clock.drain(force=True) if evaluate or i + 1 == n_steps else []):
                 log.write(figures.on_step(*row))
+            if on_step is not None:
+                on_step(i, kind)
             if kind == head[-1]:
                 stepper = _before_clock(cfg, trainer, micro, figures, watch)
                 # The counters, the profiler and a capture held extra references: peaks start after them.
@@ -199,9 +202,10 @@ def _compile_s(figures: JobFigures) -> float | None:
     return max(0.0, figures.first_step_s - steady / 1e3)
 
 
-def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
+def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None) -> None:
     """Run the protocol on a built job, filling `rec` (its plan, params, work, memory, time,
-    loss and calibration sections). Raises Diverged or OutOfMemory with the failing step."""
+    loss and calibration sections). Raises Diverged or OutOfMemory with the failing step.
+    `on_step(i, kind)` is called after each step (a data-parallel rank counts its collectives)."""
     t = cfg.train
     rec.plan, rec.model_shape = s.plan, s.shape
     rec.params = Params(**counters.param_counts(s.model))
@@ -216,7 +220,7 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record) -> None:
     watch = CompileWatch() if t.compile else None
     try:
         with StepLog(out_dir / STEPS) as log, guard:
-            _train(cfg, s, trainer, figures, log, host, watch)
+            _train(cfg, s, trainer, figures, log, host, watch, on_step)
     except memory.HostMemoryExceeded:
         raise OutOfMemory(figures.step_now, "host", f"RSS {guard.tripped_at / 2**30:.2f} GiB passed the cap of "
                           f"{_host_cap(cfg, s.device) / 2**30:.2f} GiB (train.max_host_memory_gb, "

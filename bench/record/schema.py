@@ -196,6 +196,38 @@ class Compile:
 
 
 @dataclass
+class RankFigures:
+    rank: int
+    step_ms: Optional[float] = None                     # this rank's median timed step
+    device_peak_allocated_bytes: Optional[int] = None
+    host_peak_rss_bytes: Optional[int] = None
+
+
+@dataclass
+class Dist:
+    """dist.nproc > 1: the job ran on `world_size` ranks (bench/dist/launch.py). time.step_ms is
+    the slowest rank's per step; memory is rank 0's, every rank's peak is in `ranks`."""
+    world_size: int
+    mode: str     # ddp | fsdp
+    backend: str  # gloo | nccl
+    ranks: list[RankFigures] = field(default_factory=list)
+
+
+@dataclass
+class Comm:
+    """Collectives of one timed step, counted where they ran (bench/dist/comm.py): the payload
+    handed to each kind, and how many calls. comm_ms: time the training thread spent blocked in
+    communication on the profiled step (bench/measure/attribution.py, category communication)."""
+    allreduce_bytes_per_step: int = 0
+    allgather_bytes_per_step: int = 0
+    reducescatter_bytes_per_step: int = 0
+    allreduce_calls_per_step: float = 0.0
+    allgather_calls_per_step: float = 0.0
+    reducescatter_calls_per_step: float = 0.0
+    comm_ms: Optional[float] = None
+
+
+@dataclass
 class Probe:
     """One batch size tried by the memory-budget search; its own record is at `path`."""
     batch_size: int
@@ -253,6 +285,8 @@ class Record:
     attribution: Optional[Attribution] = None
     compile: Optional[Compile] = None
     search: Optional[Search] = None
+    dist: Optional[Dist] = None
+    comm: Optional[Comm] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     def to_json(self) -> dict:

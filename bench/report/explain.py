@@ -55,7 +55,8 @@ _MEDIANS = ("forward_ms", "backward_ms", "optimizer_ms", "step_mean_ms", "forwar
             "optimizer_mean_ms", "attr_step_ms", *[f"attr_{c}_{u}" for c in ATTRIBUTION for u in ("ms", "ops")], "tokens_per_s", "device_peak_bytes", "host_peak_rss_bytes",
             "weights_bytes", "grads_bytes", "optimizer_state_bytes", "activations_bytes", "params_trainable",
             "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end", "loss_floor", "train_s",
-            "matmul_flops_per_s", "op_overhead_s", "to_target_s", "steps_to_target", "target_loss", "eval_noise")
+            "matmul_flops_per_s", "op_overhead_s", "to_target_s", "steps_to_target", "target_loss", "eval_noise",
+            "allreduce_bytes", "allgather_bytes", "reducescatter_bytes", "comm_ms")
 
 
 def _config_row(label: str, g: pd.DataFrame) -> dict:
@@ -132,7 +133,7 @@ def _head(row: pd.Series, full: pd.Series) -> str:
 CATEGORY_NAMES = {"base_matmul": "base matmuls", "adapter_matmul": "adapter matmuls",
                   "adapter_other": "other adapter operations", "attention": "attention",
                   "norm_activation_other": "norms, activations and the rest",
-                  "compiled": "compiled graphs", "gradients": "gradient accumulation",
+                  "compiled": "compiled graphs", "communication": "communication", "gradients": "gradient accumulation",
                   "optimizer": "optimizer", "framework": "framework overhead", "gpu_idle": "GPU idle"}
 
 
@@ -158,6 +159,27 @@ def _measured(row: pd.Series, full: pd.Series) -> str:
             + ", ".join(named) + ".")
 
 
+_COLLECTIVES = (("allreduce", "all-reduces"), ("allgather", "all-gathers"), ("reducescatter", "reduce-scatters"))
+
+
+def _communication(row: pd.Series, full: pd.Series) -> str:
+    """What the ranks exchanged per step, against full fine-tuning's (multi-process jobs only)."""
+    parts = []
+    for kind, verb in _COLLECTIVES:
+        a, b = row.get(f"{kind}_bytes"), full.get(f"{kind}_bytes")
+        if a is None or b is None or a != a or b != b or not (a or b):
+            continue
+        share = f"{a / b:.1%} of" if b else "more than"
+        what = " (the frozen weights travel too)" if kind == "allgather" and a >= 0.9 * b else ""
+        parts.append(f"{verb} {a / 2**20:.2f} MiB per step, {share} full fine-tuning's{what}")
+    if not parts:
+        return ""
+    ms = row.get("comm_ms"), full.get("comm_ms")
+    blocked = (f"; blocked in communication {ms[0]:.2f} vs {ms[1]:.2f} ms on the profiled step"
+               if all(m is not None and m == m for m in ms) else "")
+    return " Communication: it " + ", ".join(parts) + blocked + "."
+
+
 def explain(row: pd.Series, full: pd.Series) -> str:
     """One or two sentences for one configuration against full fine-tuning of its setting: the
     verdict, then where the time went as measured, then the cost model's terms."""
@@ -172,7 +194,7 @@ def explain(row: pd.Series, full: pd.Series) -> str:
     parts.append(f"measured optimizer {row.optimizer_ms:.2f} vs {full.optimizer_ms:.2f} ms")
     if "backward stops early" in tm:
         parts.append(f"backward {row.backward_ms:.2f} vs {full.backward_ms:.2f} ms")
-    measured = _measured(row, full)
+    measured = _measured(row, full) + _communication(row, full)
     sentence = _head(row, full) + "." + measured + " " + ("The cost model's terms: " if measured else "") \
         + "; ".join(parts) + "."
     if row.verdict != "same":

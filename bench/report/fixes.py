@@ -15,7 +15,7 @@ from bench.report import stats
 from bench.report.load import SETTING
 
 MIB = 2 ** 20
-FAMILY = [k for k in SETTING if k != "mode"]  # a fix changes the mode, not the setting
+FAMILY = [k for k in SETTING if k != "mode"]  # noqa: E501  # a fix changes the mode, not the setting
 
 
 def _fix(row) -> str:
@@ -92,7 +92,10 @@ def fix_blocks(df: pd.DataFrame) -> list[tuple]:
                                "(eager, the usual baseline) and against full fine-tuning run with the same mode "
                                "(compiled or CUDA graphs), with 95% bootstrap intervals. Compile s: compiling or "
                                "capturing, off every clock. Ops/step: aten operations unless the kind is given "
-                               "(profiled: the profiled step's top-level calls, compiled graphs among them)."))
+                               "(profiled: the profiled step's top-level calls, compiled graphs among them). "
+                               "Peak MiB: the device's peak allocation; on a CPU the process's RSS high-water "
+                               "mark, which the earlier jobs of a sweep (one process) hold up: compare it on a "
+                               "GPU, or from single runs."))
     return blocks
 
 

@@ -18,7 +18,10 @@ from bench.record.store import METRICS, PROBES, STEPS, read_record, read_steps
 # What makes two records comparable: same model shape, data, batch, precision and machine.
 # `mode` is how the step runs (eager, compiled, CUDA graphs): a compiled LoRA step is compared with
 # a compiled full step; bench/report/fixes.py compares across modes.
-SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "machine"]
+# `ranks` is how many processes and how (single, 2 x ddp, 2 x fsdp): LoRA on 2 DDP ranks is compared
+# with full fine-tuning on 2 DDP ranks.
+SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "ranks",
+           "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
                 "lr_ratio", "lr", "phases", "backend", "impl"]
@@ -57,7 +60,7 @@ def _stability(rec: Record) -> dict:
 
 # The attribution's categories (bench/measure/attribution.py), as the analysis reads them.
 ATTRIBUTION = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-               "compiled", "gradients", "optimizer", "framework", "gpu_idle")
+               "compiled", "communication", "gradients", "optimizer", "framework", "gpu_idle")
 
 
 def _attribution(rec: Record) -> dict:
@@ -74,6 +77,17 @@ def mode(rec: Record) -> str:
     if config_value(rec, "train.cuda_graphs"):
         return "CUDA graphs"
     return "compiled" if config_value(rec, "train.compile") else "eager"
+
+
+def ranks(rec: Record) -> str:
+    n, how = config_value(rec, "dist.nproc"), config_value(rec, "dist.mode")
+    return "single" if not n or n == 1 else f"{n} x {how}"
+
+
+def _comm(rec: Record) -> dict:
+    c = rec.comm
+    return {f"{k}_bytes": None if c is None else getattr(c, f"{k}_bytes_per_step")
+            for k in ("allreduce", "allgather", "reducescatter")} | {"comm_ms": None if c is None else c.comm_ms}
 
 
 def _search(rec: Record) -> dict:
@@ -122,7 +136,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
         "include_head": i.include_head, "repeat": i.repeat,
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
-        "mode": mode(rec),
+        "mode": mode(rec), "ranks": ranks(rec),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
         "dim": shape.dim if shape else config_value(rec, "model.dim"),
         "n_layers": shape.n_layers if shape else config_value(rec, "model.n_layers"),
@@ -131,7 +145,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
-        **_attribution(rec), **_search(rec), "tokens_per_step": _tokens(rec),
+        **_attribution(rec), **_search(rec), **_comm(rec), "tokens_per_step": _tokens(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 
@@ -166,10 +180,9 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 if warn:
                     warn(f"skipped: {e}")
     df = pd.DataFrame(rows)
-    for col in [*COLUMNS, "step_samples"]:
-        if col not in df:
-            df[col] = None
-    return df
+    missing = [c for c in [*COLUMNS, "step_samples"] if c not in df]
+    # One join, not a column at a time: every column a record could have, None where it has none.
+    return pd.concat([df, pd.DataFrame({c: [None] * len(df) for c in missing}, index=df.index)], axis=1)
 
 
 def variant_label(row, keys: list[str]) -> str:

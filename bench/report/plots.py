@@ -187,7 +187,7 @@ def crossover(cells: pd.DataFrame, strategy: str, out: Path, name: str) -> list[
 
 
 ATTRIBUTION_COLOURS = {"base_matmul": "#4292c6", "adapter_matmul": "#E69F00", "adapter_other": "#fdae6b",
-                       "attention": "#9ecae1", "norm_activation_other": "#bdbdbd", "compiled": "#31a354", "gradients": "#74c476",
+                       "attention": "#9ecae1", "norm_activation_other": "#bdbdbd", "compiled": "#31a354", "communication": "#de2d26", "gradients": "#74c476",
                        "optimizer": "#e6550d", "framework": "#756bb1", "gpu_idle": "#d9d9d9"}
 
 

@@ -33,7 +33,7 @@ def _setting_title(s: dict) -> str:
     accum = "" if s["grad_accum"] in (1, None) else f" x accum {s['grad_accum']}"
     return (f"{s['model']} (dim {_f(s['dim'], '.0f')}, {_f(s['n_layers'], '.0f')} layers), data={s['data']}, "
             f"batch {_f(s['batch_size'], '.0f')} x seq {_f(s['seq_len'], '.0f')}{accum}, {s['precision']}, "
-            f"{s['mode']}, on {s['machine']}")
+            f"{s['mode']}{'' if s['ranks'] == 'single' else ', ' + s['ranks'] + ' ranks'}, on {s['machine']}")
 
 
 def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:

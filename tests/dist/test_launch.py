@@ -1,0 +1,105 @@
+"""Two-rank jobs on this CPU (gloo), through torchrun, each ending in one record. The collective
+counts are measured, and held here against closed forms:
+- DDP all-reduces every trainable gradient once per step: 4 bytes x trainable parameters (fp32);
+- FSDP all-gathers every parameter, frozen or not, so LoRA gathers about what full fine-tuning
+  does; it reduce-scatters only trainable gradients, so LoRA's are a small fraction of full's."""
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bench.job import run_job
+from bench.record.store import read_steps
+from tests.conftest import FAST, ROOT, compose_cfg
+
+TWO = [*FAST, "dist.nproc=2", "train.steps=3", "model.dim=64", "lora.rank=2"]
+
+
+def _job(tmp_path, name, *overrides):
+    rec = run_job(compose_cfg([*TWO, *overrides]), tmp_path / name)
+    assert rec.status == "ok", rec.outcome and rec.outcome.reason
+    return rec
+
+
+@pytest.fixture(scope="module")
+def dist_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def jobs(dist_dir):
+    tmp = dist_dir
+    return {(mode, s): _job(tmp, f"{mode}_{s}", f"dist.mode={mode}", f"strategy={s}")
+            for mode in ("ddp", "fsdp") for s in ("full", "lora_all")}
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora_all"])
+def test_ddp_all_reduces_four_bytes_per_trainable_parameter(jobs, strategy):
+    rec = jobs[("ddp", strategy)]
+    assert rec.comm.allreduce_bytes_per_step == pytest.approx(4 * rec.params.trainable, rel=0.01)
+    assert rec.comm.allgather_bytes_per_step == 0 and rec.comm.reducescatter_bytes_per_step == 0
+    assert rec.dist.world_size == 2 and rec.dist.mode == "ddp" and rec.dist.backend == "gloo"
+
+
+def test_fsdp_gathers_the_frozen_weights_too_and_scatters_only_trainable_gradients(jobs):
+    full, lora = jobs[("fsdp", "full")].comm, jobs[("fsdp", "lora_all")].comm
+    assert full.allreduce_bytes_per_step == 0
+    assert lora.allgather_bytes_per_step == pytest.approx(full.allgather_bytes_per_step, rel=0.10)
+    assert 0 < lora.reducescatter_bytes_per_step < full.reducescatter_bytes_per_step / 10
+    # Each unit's parameters are gathered for forward and again for backward (3 units, 6 calls);
+    # FSDP pads each rank's shard, so a little more than twice the parameters travel.
+    params = jobs[("fsdp", "full")].params.total
+    assert full.allgather_calls_per_step == 6 and full.reducescatter_calls_per_step == 3
+    assert 2 * 4 * params <= full.allgather_bytes_per_step <= 2 * 4 * params * 1.15
+    assert full.reducescatter_bytes_per_step == 4 * params  # every gradient once, unpadded
+
+
+def test_a_step_is_the_slowest_ranks_and_memory_is_per_rank(jobs, dist_dir):
+    rec = jobs[("ddp", "lora_all")]
+    assert [r.rank for r in rec.dist.ranks] == [0, 1] and all(r.host_peak_rss_bytes for r in rec.dist.ranks)
+    job_dir = dist_dir / "ddp_lora_all"
+    timed = [r for r in read_steps(job_dir / "steps.jsonl") if r["kind"] == "timed"]
+    assert len(timed) == 3 and all(r["step_ms"] == max(r["rank_step_ms"]) for r in timed)
+    assert rec.time.step_ms.median == pytest.approx(sorted(r["step_ms"] for r in timed)[1])
+    assert rec.work.tokens_per_step == 2 * 2 * 16  # two ranks, each its own batch of 2 x 16
+
+
+def test_communication_is_an_attribution_category(jobs):
+    for rec in jobs.values():
+        assert rec.comm.comm_ms is not None and rec.comm.comm_ms >= 0
+        assert rec.attribution.categories["communication"] == rec.comm.comm_ms
+        assert rec.attribution.ops["communication"] > 0
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_peft_runs_under_both_modes(tmp_path, mode):
+    pytest.importorskip("peft")
+    rec = _job(tmp_path, mode, "strategy=lora_qk", "lora.backend=peft", f"dist.mode={mode}")
+    assert rec.comm.allreduce_bytes_per_step + rec.comm.reducescatter_bytes_per_step > 0
+
+
+def test_a_failing_rank_fails_the_job_and_is_named(tmp_path):
+    rec = run_job(compose_cfg([*TWO, "strategy=lora_all", "lora.rank=100000"]), tmp_path)
+    assert rec.status == "invalid" and rec.outcome.reason.startswith("rank 0: lora.rank")
+
+
+def test_ctrl_c_leaves_no_rank_running(tmp_path):
+    args = [sys.executable, "-m", "bench.run", *[o for o in TWO if not o.startswith("train.steps")],
+            "train.steps=100000", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = [tmp_path / "ranks" / f"rank{r}" / "steps.jsonl" for r in (0, 1)]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(p.exists() and len(read_steps(p)) > 5 for p in steps):
+        time.sleep(0.2)
+    pids = [int((tmp_path / "ranks" / f"rank{r}" / "pid").read_text()) for r in (0, 1)]
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    assert [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+    from bench.record.store import read_record
+
+    assert read_record(tmp_path / "metrics.json").status == "interrupted"
