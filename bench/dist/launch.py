@@ -24,10 +24,10 @@ from pathlib import Path
 from bench import signals
 from bench.config import BenchConfig
 from bench.measure.figures import stats
+from bench.measure.stability import judge
 from bench.record.schema import Dist, Outcome, RankFigures, Record
-from bench.record.store import METRICS, STEPS, StepLog, read_record, read_steps
+from bench.record.store import METRICS, RANKS, STEPS, StepLog, read_record, read_steps
 
-RANKS = "ranks"  # the ranks' own records, under the job's directory
 _SECTIONS = ("env", "plan", "model_shape", "params", "work", "memory", "time", "loss", "eval_curve",
              "calibration", "stability", "attribution", "compile", "comm")
 
@@ -104,12 +104,16 @@ def run_distributed(cfg: BenchConfig, node: dict, out_dir: Path, rec: Record) ->
     rec.work.tokens_per_step *= n  # every rank trains on its own batch
     rec.time.tokens_per_s = rec.work.tokens_per_step / (rec.time.step_ms.median / 1e3)
     rec.time.wall_s = time.perf_counter() - t0
-    if any(x.stability is not None and x.stability.unstable for x in recs):
-        rec.stability.unstable = True
-        rec.stability.reason = "; ".join(f"rank {r}: {x.stability.reason}" for r, x in enumerate(recs)
-                                         if x.stability is not None and x.stability.unstable)
+    # Ranks on one machine wait for each other's threads whenever cores are scarce, so a rank's
+    # run-queue wait measures its sibling as much as a neighbour: the job is judged on the drift
+    # of its slowest-rank steps; every rank's wait is kept in dist.ranks.
+    rec.stability = judge([{"step_ms": ms} for ms in timed], recs[0].stability and {
+        "gpu_other_processes": recs[0].stability.gpu_other_processes,
+        "gpu_utilization": recs[0].stability.gpu_utilization})
     rec.dist = Dist(world_size=n, mode=cfg.dist.mode, backend=recs[0].env.device == "cuda" and "nccl" or "gloo",
                     ranks=[RankFigures(rank=r, step_ms=x.time.step_ms.median,
                                        device_peak_allocated_bytes=x.memory.device_peak_allocated_bytes,
-                                       host_peak_rss_bytes=x.memory.host_peak_rss_bytes) for r, x in enumerate(recs)])
+                                       host_peak_rss_bytes=x.memory.host_peak_rss_bytes,
+                                       wait_fraction=x.stability and x.stability.wait_fraction)
+                           for r, x in enumerate(recs)])
     return "ok"

@@ -201,6 +201,7 @@ class RankFigures:
     step_ms: Optional[float] = None                     # this rank's median timed step
     device_peak_allocated_bytes: Optional[int] = None
     host_peak_rss_bytes: Optional[int] = None
+    wait_fraction: Optional[float] = None                # run-queue wait: the sibling ranks count too
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.record.schema import Identity, Record, RecordError
-from bench.record.store import METRICS, PROBES, STEPS, read_record, read_steps
+from bench.record.store import METRICS, PROBES, RANKS, STEPS, read_record, read_steps
 
 # What makes two records comparable: same model shape, data, batch, precision and machine.
 # `mode` is how the step runs (eager, compiled, CUDA graphs): a compiled LoRA step is compared with
@@ -155,9 +155,10 @@ COLUMNS = list(flatten(Record(status="error", identity=Identity(config_key=""), 
 
 def _job_dirs(root: Path):
     """Directories that hold a record, or that Hydra made for a job (.hydra/) and got none. A memory-
-    budget search's probes are not jobs of the sweep: its own record carries their figures."""
+    budget search's probes and a multi-process job's ranks are not jobs of the sweep: the job's own
+    record carries their figures."""
     found = {p.parent for p in root.rglob(METRICS)} | {p.parent for p in root.rglob(".hydra")}
-    found = {d for d in found if PROBES not in d.relative_to(root).parts}
+    found = {d for d in found if not {PROBES, RANKS} & set(d.relative_to(root).parts)}
     # Natural order (2 before 10), and never a comparison of a number with a name.
     return sorted(found, key=lambda d: [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in d.parts])
 

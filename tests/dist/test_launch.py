@@ -103,3 +103,14 @@ def test_ctrl_c_leaves_no_rank_running(tmp_path):
     from bench.record.store import read_record
 
     assert read_record(tmp_path / "metrics.json").status == "interrupted"
+
+
+def test_the_job_is_judged_on_its_slowest_steps_and_reported_once(jobs, dist_dir):
+    from bench.report.load import load_records
+
+    rec = jobs[("ddp", "full")]
+    # Sibling ranks share the cores: their run-queue waits are kept per rank, not judged.
+    assert rec.stability.wait_fraction is None and rec.stability.steps == 3
+    assert all(r.wait_fraction is not None for r in rec.dist.ranks)
+    df = load_records([dist_dir])
+    assert sorted(df.ranks) == ["2 x ddp", "2 x ddp", "2 x fsdp", "2 x fsdp"]  # no row for a rank's own record
