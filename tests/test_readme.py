@@ -58,3 +58,18 @@ def test_fixes_and_memory_budget_figures_are_in_the_filed_reports():
         assert figure in budget, figure
         assert all(part.strip().replace(" full", "") in section for part in figure.strip("| ").split("|")
                    if part.strip()), figure
+
+
+def test_distributed_figures_are_in_the_filed_report():
+    report = (REF / "distributed" / "intel-r-xeon-r-processor-2-threads" / "report" / "report.md").read_text()
+    section = _section("Several processes: DDP, FSDP and what travels")
+    for figure in ("0.94x; 95% interval 0.88-1.04x", "0.74x; 95% interval 0.69-0.80x", "0.75x; 95% interval 0.70-0.85x",
+                   "0.69x; 95% interval 0.54-0.81x", "0.94x; 95% interval 0.82-1.06x", "0.77x; 95% interval 0.63-0.86x",
+                   "all-reduces 0.04 MiB per step, 2.3% of full fine-tuning's", "communication -12.13 ms",
+                   "blocked in communication 7.48 vs 19.60 ms", "drifted by -26%",
+                   "all-gathers 3.29 MiB per step, 102.4% of full fine-tuning's (the frozen weights travel too), "
+                   "reduce-scatters 0.04 MiB per step, 2.3% of full fine-tuning's"):
+        assert figure in report, figure
+        ratio, _, interval = figure.partition("; 95% interval ")
+        quoted = f"{ratio} ({interval.rstrip('x')})" if interval else figure.replace(" vs ", " against ")
+        assert quoted in section.replace("\n", " "), quoted
