@@ -114,3 +114,14 @@ def test_the_job_is_judged_on_its_slowest_steps_and_reported_once(jobs, dist_dir
     assert all(r.wait_fraction is not None for r in rec.dist.ranks)
     df = load_records([dist_dir])
     assert sorted(df.ranks) == ["2 x ddp", "2 x ddp", "2 x fsdp", "2 x fsdp"]  # no row for a rank's own record
+
+
+@pytest.mark.parametrize("mode,overrides", [
+    ("fsdp", ["strategy=head_only"]),   # trains the head, tied to the embedding
+    ("fsdp", ["strategy=lora_last"]),   # adapts the tied head
+    ("ddp", ["strategy=lora_all", "lora.impl=fused"]),
+])
+def test_tied_weights_and_the_fused_layer_run_on_two_ranks(tmp_path, mode, overrides):
+    rec = _job(tmp_path, mode, f"dist.mode={mode}", "train.profile=false", *overrides)
+    sent = rec.comm.allreduce_bytes_per_step + rec.comm.reducescatter_bytes_per_step
+    assert sent == pytest.approx(4 * rec.params.trainable, rel=0.01)  # every trainable gradient, once
