@@ -11,12 +11,19 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
 from bench import signals
+
+# Run as the program: the flag goes in before the heavy imports below (torch, Hydra), or a Ctrl-C
+# while they load raises KeyboardInterrupt wherever the interpreter is, a finaliser included,
+# where it is ignored and the sweep runs on. (Imported by a test, the handlers stay as they are.)
+if __name__ == "__main__":
+    signals.install()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
 from bench.cli import REPORT_FAILED, SWEPT_ELSEWHERE, preflight, report_sweep
 from bench.job import identity, run_job, summary_line, to_node
 from bench.record.schema import Outcome, Record, RecordError
@@ -117,7 +124,8 @@ def cli() -> None:
         signals.check()
         main()
     except KeyboardInterrupt:
-        print("interrupted: the record of the running job was written; the sweep stopped", file=sys.stderr)
+        print("interrupted: the record of the running job was written; the sweep stopped" if SWEEP_DIRS or FINISHED
+              else "interrupted before any job started", file=sys.stderr)
         if SWEEP_DIRS:  # Hydra skips on_multirun_end after an interrupt: report what was measured
             report_sweep(SWEEP_DIRS[-1])
         sys.exit(130)
