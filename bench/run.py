@@ -48,6 +48,11 @@ def find_complete(sweep_dir: Path, key: str) -> Path | None:
     return next((p for p in sorted(Path(sweep_dir).rglob(METRICS)) if _is_complete(p, key)), None)
 
 
+def _own_process(hc) -> bool:
+    """Whether this job runs in a process of its own (Hydra's submitit launchers), not the sweep's."""
+    return not str(hc.launcher.get("_target_", "")).endswith("BasicLauncher")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
@@ -77,7 +82,13 @@ def main(cfg: DictConfig) -> None:
     for name, aside in ((METRICS, f"metrics.replaced-{stamp}.json"), (STEPS, f"steps.replaced-{stamp}.jsonl")):
         if (out_dir / name).exists():  # an earlier attempt's record and steps in this job's place: keep them
             (out_dir / name).rename(out_dir / aside)
-    rec = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
+    try:
+        rec = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
+    except KeyboardInterrupt:
+        if _own_process(hc):  # a submitit job: its record says interrupted; the sweep's process decides
+            FINISHED.append(("interrupted", multirun))
+            return
+        raise
     print(summary_line(rec), file=sys.stdout if rec.status == "ok" else sys.stderr, flush=True)
     FINISHED.append((rec.status, multirun))
     signals.check()

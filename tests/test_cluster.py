@@ -41,3 +41,31 @@ def test_slurm_gpu_preset_composes_with_the_users_overrides():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.tasks_per_node) == ("gpu", 120, 1)
     assert full.dist.nproc == 4 and json.loads(json.dumps(cfg.dist.nproc)) == 4
+
+
+def test_ctrl_c_on_a_submitit_local_sweep_leaves_a_record_per_job_and_no_process(tmp_path):
+    """As a terminal's Ctrl-C: SIGINT to the whole process group, the jobs' own processes included."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    args = [sys.executable, "-m", "bench.run", "-m", "hydra/launcher=submitit_local", "strategy=full,lora_qk",
+            *[o for o in FAST if not o.startswith("train.steps")], "train.steps=100000", "train.profile=false",
+            f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("*/steps.jsonl"))) < 2:
+        time.sleep(0.3)
+    time.sleep(2)
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert [read_record(tmp_path / str(i) / "metrics.json").status for i in (0, 1)] == ["interrupted"] * 2
+    time.sleep(1)
+    assert [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
