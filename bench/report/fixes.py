@@ -15,7 +15,7 @@ from bench.report import stats
 from bench.report.load import SETTING
 
 MIB = 2 ** 20
-FAMILY = [k for k in SETTING if k != "mode"]  # noqa: E501  # a fix changes the mode, not the setting
+FAMILY = [k for k in SETTING if k != "mode"]  # a fix changes the mode, not the setting
 
 
 def _fix(row) -> str:
