@@ -61,3 +61,14 @@ class CompileWatch:
                        break_reasons=[f"{n} x {reason}" for reason, n in new_breaks.most_common(5)],
                        recompiles_on_clock=on_clock, compiler_s=_delta(compiler_seconds(), self.compiler_start),
                        cache_hits=hits - self.start[2])
+
+
+def judge_clock(stability, section: Compile) -> None:
+    """A compilation on the clock is time the steps did not spend training: the job takes no part
+    in a verdict, and the report's warning says how to measure it again."""
+    n = section.recompiles_on_clock
+    if stability is None or not n:
+        return
+    why = f"torch.compile compiled {n} graph(s) after the untimed steps (raise train.warmup_steps)"
+    stability.unstable = True
+    stability.reason = why if not stability.reason else f"{stability.reason}; {why}"

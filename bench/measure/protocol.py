@@ -33,7 +33,7 @@ from bench.config import BenchConfig
 from bench.measure import counters, memory
 from bench.measure.attribution import profile_step
 from bench.measure.calibrate import calibrate
-from bench.measure.compiled import CompileWatch
+from bench.measure.compiled import CompileWatch, judge_clock
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
 from bench.measure.graphs import GraphedStep
 from bench.measure.stability import ContentionProbe, gpu_neighbours
@@ -232,6 +232,7 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None
         if watch is not None:
             rec.compile = watch.section()
             rec.time.compile_s = _compile_s(figures)
+            judge_clock(rec.stability, rec.compile)
         for k, v in memory.device_peaks(s.device).items():
             setattr(rec.memory, k, v)
         rec.memory.nvml_used_bytes = memory.nvml_used_bytes(s.device)

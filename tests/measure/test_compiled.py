@@ -52,3 +52,18 @@ def test_peft_model_compiles(tmp_path):
     rec = _job(tmp_path, "peft", "strategy=lora_qk", "lora.backend=peft", "train.compile=true")
     assert rec.status == "ok", rec.outcome
     assert rec.compile.graphs >= 1 and rec.time.compile_s > 0
+
+
+def test_a_compilation_on_the_clock_takes_the_job_out_of_the_verdicts():
+    from bench.measure.compiled import judge_clock
+    from bench.record.schema import Compile, Stability
+
+    quiet = Stability(unstable=False)
+    judge_clock(quiet, Compile(mode="torch.compile", what="model", recompiles_on_clock=0))
+    assert not quiet.unstable
+    busy = Stability(unstable=True, reason="its steps drifted by +30%")
+    judge_clock(busy, Compile(mode="torch.compile", what="model", recompiles_on_clock=2))
+    assert busy.unstable and busy.reason.endswith("compiled 2 graph(s) after the untimed steps (raise train.warmup_steps)")
+    late = Stability(unstable=False)
+    judge_clock(late, Compile(mode="torch.compile", what="model", recompiles_on_clock=1))
+    assert late.unstable and late.reason.startswith("torch.compile compiled 1 graph(s)")
