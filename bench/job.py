@@ -107,6 +107,21 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> str:
     return "ok"
 
 
+def failure(e: BaseException) -> tuple[str, Outcome]:
+    """The status and outcome a job (or one rank of it) records for the exception that ended it."""
+    if isinstance(e, ConfigError):
+        return "invalid", Outcome(reason=str(e), key=e.key)
+    if isinstance(e, Diverged):
+        return "diverged", Outcome(reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
+    if isinstance(e, OutOfMemory):
+        return "oom", Outcome(reason=str(e), failed_step=e.step, oom_where=e.where)
+    if isinstance(e, torch.cuda.OutOfMemoryError):  # before the first step: moving the model, the first eval
+        return "oom", Outcome(reason=f"out of cuda memory before training: {str(e).splitlines()[0]}", oom_where="cuda")
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", Outcome(reason="interrupted by the user or a signal")
+    return "error", Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
+
+
 def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None = None) -> Record:
     """Run one job from a composed config and write out_dir/metrics.json; returns the record.
     (Ctrl-C and SIGTERM reach it as a KeyboardInterrupt at a safe point: bench/signals.py.)"""
@@ -119,22 +134,12 @@ def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None =
         if rec.status == "oom" and rec.outcome is None:  # a search in which no batch fitted
             rec.outcome = Outcome(reason=f"no batch size fitted the memory budget (train.memory_budget_gb="
                                          f"{rec.search.budget_gb}); the probes are in {out_dir / 'probes'}")
-    except ConfigError as e:
-        rec.status, rec.outcome = "invalid", Outcome(reason=str(e), key=e.key)
-    except Diverged as e:
-        rec.status, rec.outcome = "diverged", Outcome(reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
-    except OutOfMemory as e:
-        rec.status, rec.outcome = "oom", Outcome(reason=str(e), failed_step=e.step, oom_where=e.where)
-    except torch.cuda.OutOfMemoryError as e:  # before the first step: moving the model, the first eval
-        rec.status = "oom"
-        rec.outcome = Outcome(reason=f"out of cuda memory before training: {str(e).splitlines()[0]}", oom_where="cuda")
-    except KeyboardInterrupt:
-        rec.status, rec.outcome = "interrupted", Outcome(reason="interrupted by the user or a signal")
+    except KeyboardInterrupt as e:
+        rec.status, rec.outcome = failure(e)
         write_record(out_dir / METRICS, rec)
         raise
     except Exception as e:  # recorded, so the sweep's other jobs still run
-        rec.status = "error"
-        rec.outcome = Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
+        rec.status, rec.outcome = failure(e)
     write_record(out_dir / METRICS, rec)
     _free_memory()
     return rec

@@ -24,10 +24,6 @@ from bench.config import BenchConfig
 from bench.record.schema import Probe, Record, Search
 from bench.record.store import METRICS, PROBES, read_record
 
-_SECTIONS = ("env", "plan", "model_shape", "params", "work", "memory", "time", "loss", "eval_curve", "calibration",
-             "stability", "attribution", "compile")
-
-
 def next_batch(fits: dict[int, bool], start: int, max_batch: int) -> int | None:
     """The next batch size to probe, given the probes so far ({batch: fitted}); None when done."""
     if not fits:
@@ -94,7 +90,6 @@ def search_batch(cfg: BenchConfig, node: dict, out_dir: Path, rec: Record) -> st
     if best is None:
         return "oom"
     rec.search.best_batch = best[0]
-    for name in _SECTIONS:
-        setattr(rec, name, getattr(best[1], name))
+    rec.take_measurements(best[1])
     rec.config["train"]["batch_size"] = best[0]  # the record's sections were measured at this batch
     return "ok"

@@ -28,8 +28,6 @@ from bench.measure.stability import judge
 from bench.record.schema import Dist, Outcome, RankFigures, Record
 from bench.record.store import METRICS, RANKS, STEPS, StepLog, read_record, read_steps
 
-_SECTIONS = ("env", "plan", "model_shape", "params", "work", "memory", "time", "loss", "eval_curve",
-             "calibration", "stability", "attribution", "compile", "comm")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -97,8 +95,7 @@ def run_distributed(cfg: BenchConfig, node: dict, out_dir: Path, rec: Record) ->
         rec.outcome = x.outcome
         rec.outcome.reason = f"rank {r}: {x.outcome.reason if x.outcome else x.status}"
         return x.status
-    for name in _SECTIONS:
-        setattr(rec, name, getattr(recs[0], name))
+    rec.take_measurements(recs[0])
     timed = _slowest_steps(root, n, out_dir)
     rec.time.step_ms, rec.time.timed_s = stats(timed), sum(timed) / 1e3
     rec.work.tokens_per_step *= n  # every rank trains on its own batch

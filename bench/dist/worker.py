@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -18,12 +17,13 @@ import torch.distributed as dist
 
 from bench import signals
 from bench.build.setup import seed_everything, setup
-from bench.config import ConfigError, load_config
+from bench.config import load_config
 from bench.dist.comm import KINDS, CommCounter
 from bench.dist.wrap import wrap
 from bench.measure.env import describe
-from bench.measure.protocol import Diverged, OutOfMemory, measure
-from bench.record.schema import Comm, Env, Identity, Outcome, Record
+from bench.job import failure
+from bench.measure.protocol import measure
+from bench.record.schema import Comm, Env, Identity, Record
 from bench.record.store import METRICS, write_record
 
 
@@ -79,17 +79,8 @@ def main(argv: list[str]) -> int:
     try:
         _run(node, out, rank, world, rec)
         rec.status = "ok"
-    except ConfigError as e:  # found where the model is known (a rank too large for a layer)
-        rec.status, rec.outcome = "invalid", Outcome(reason=str(e), key=e.key)
-    except Diverged as e:
-        rec.status, rec.outcome = "diverged", Outcome(reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
-    except OutOfMemory as e:
-        rec.status, rec.outcome = "oom", Outcome(reason=str(e), failed_step=e.step, oom_where=e.where)
-    except KeyboardInterrupt:
-        rec.status, rec.outcome = "interrupted", Outcome(reason="interrupted by the job stopping")
-    except Exception as e:
-        rec.status = "error"
-        rec.outcome = Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
+    except (Exception, KeyboardInterrupt) as e:  # the job's own mapping: invalid, oom, diverged, ...
+        rec.status, rec.outcome = failure(e)
     finally:
         signals.uninstall()
     write_record(out / METRICS, rec)

@@ -19,6 +19,18 @@ from bench.measure.timer import StepTimer
 WARMUP = 3  # side-stream iterations before capture, as in PyTorch's documentation
 
 
+class _NoTimer:
+    def start(self) -> None: ...
+
+    def mark(self, phase: str) -> None: ...
+
+    def stop(self) -> dict:
+        return {}
+
+
+_NO_TIMER = _NoTimer()
+
+
 class CudaGraphBackend:
     """Warm up on a side stream, capture, and return the replay."""
 
@@ -45,13 +57,9 @@ class GraphedStep:
         self.updates = WARMUP + 1 if backend is None else getattr(backend, "updates", 1)
 
     def _body(self) -> torch.Tensor:
-        n, losses = len(self.static), []
-        for batch in self.static:
-            loss = self.trainer.loss(batch)
-            (loss / n if n > 1 else loss).backward()
-            losses.append(loss.detach().float())
-        self.trainer.update()
-        return torch.stack(losses).mean()
+        # The trainer's own step, so the captured work is exactly an eager step's; no timer inside
+        # (a capture must not synchronize), and the loss stays on the device.
+        return self.trainer.step(self.static, _NO_TIMER, defer_loss=True)[0]
 
     def step(self, micro: list[torch.Tensor], timer: StepTimer, defer_loss: bool = False):
         timer.start()

@@ -94,7 +94,7 @@ class Trainer:
             losses.append(loss)
         if probe is not None:
             probe.grads_bytes = counters.grads_bytes(self.model)
-        self.update()
+        self._update()
         timer.mark("optimizer")
         timings = timer.stop()
         # Read the loss after the clock stops: .item() would sync inside the step.
@@ -102,7 +102,7 @@ class Trainer:
             return torch.stack([x.detach().float() for x in losses]).mean(), timings
         return sum(float(x.detach()) for x in losses) / n, timings
 
-    def update(self) -> None:
+    def _update(self) -> None:
         # Under the profiler, a named range lets the attribution file this as optimizer work.
         # Only then: record_function dispatches two operations even with no profiler running,
         # which a timed step and the operation count must not carry.

@@ -290,6 +290,15 @@ class Record:
     comm: Optional[Comm] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
+    # What a job measured, as opposed to what it is (identity, config) and how it ended.
+    MEASURED = ("env", "plan", "model_shape", "params", "work", "memory", "time", "loss", "eval_curve",
+                "calibration", "stability", "attribution", "compile", "comm")
+
+    def take_measurements(self, other: "Record") -> None:
+        """This record's measured sections become `other`'s (a search's best probe, a job's rank 0)."""
+        for name in self.MEASURED:
+            setattr(self, name, getattr(other, name))
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
