@@ -55,6 +55,9 @@ def resolve_device(cfg: BenchConfig) -> torch.device:
         raise ConfigError("train.precision", "fp16 needs a CUDA device (its grad scaler is CUDA-only); use bf16 or fp32")
     if cfg.train.cuda_graphs and dev.type != "cuda":
         raise ConfigError("train.cuda_graphs", f"CUDA graphs need a CUDA device; this job runs on {dev.type}")
+    if dev.type == "cuda" and cfg.dist.nproc > torch.cuda.device_count():
+        raise ConfigError("dist.nproc", f"{cfg.dist.nproc} ranks need one GPU each; this machine has "
+                                        f"{torch.cuda.device_count()}")
     if dev.type == "cuda":
         # The budget as the caching allocator's own limit: past it, allocation fails as a real OOM
         # would. Set for every job (1.0 without a budget): the limit outlives the job in the process.

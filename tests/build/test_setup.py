@@ -52,3 +52,16 @@ def test_cuda_asked_for_without_one_is_a_config_error(cfg_of):
         resolve_device(cfg_of("device=cuda"))
     with pytest.raises(ConfigError, match="train.precision"):
         resolve_device(cfg_of("train.precision=fp16"))
+
+
+def test_more_ranks_than_gpus_is_refused_before_any_cuda_call(cfg_of, monkeypatch):
+    import pytest
+    import torch
+
+    from bench.build.setup import resolve_device
+    from bench.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="dist.nproc: 2 ranks need one GPU each; this machine has 1"):
+        resolve_device(cfg_of("device=cuda", "dist.nproc=2"))
