@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import stats
-from bench.report.load import ATTRIBUTION, SETTING, variant_label, varying_keys
+from bench.report.load import ATTRIBUTION, SETTING, strategy_label, variant_label, varying_keys
 
 DISAGREE = 0.20
 
@@ -82,8 +82,8 @@ def unstable_jobs(df: pd.DataFrame) -> list[str]:
     for _, r in df[(df.status == "ok") & (df.unstable == True)].iterrows():  # noqa: E712
         command = (f"python -m bench.run {r.overrides}" if isinstance(r.overrides, str) and r.overrides
                    else f"python -m bench.run strategy={r.strategy}" + (f" lora.rank={int(r['rank'])}"
-                                                                       if r["rank"] == r["rank"] else ""))
-        out.append(f"{r.path}: {r.strategy}" + (f" r={int(r['rank'])}" if r["rank"] == r["rank"] else "")
+                                                                       if pd.notna(r["rank"]) else ""))
+        out.append(f"{r.path}: {strategy_label(r)}"
                    + f" was left out of every verdict: {r.unstable_reason}. Measure it again on a quiet "
                      f"machine: {command}")
     return out

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import stats
-from bench.report.load import SETTING
+from bench.report.load import SETTING, strategy_label
 
 MIB = 2 ** 20
 FAMILY = [k for k in SETTING if k != "mode"]  # a fix changes the mode, not the setting
@@ -22,11 +22,6 @@ def _fix(row) -> str:
     impl = row["impl"] if isinstance(row["impl"], str) else None
     parts = [p for p in (impl if impl == "fused" else None, None if row["mode"] == "eager" else row["mode"]) if p]
     return " + ".join(parts) or "none"
-
-
-def _label(row) -> str:
-    rank = "" if row["rank"] != row["rank"] or row["rank"] is None else f" r={int(row['rank'])}"
-    return f"{row['strategy']}{rank}"
 
 
 def _ratio(g: pd.DataFrame, base: pd.DataFrame) -> tuple[float, tuple | None, str]:
@@ -52,7 +47,7 @@ def _peak(g: pd.DataFrame) -> float:
 
 def fixes_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration and fix of one setting family."""
-    ok = ok.assign(fix=[_fix(r) for _, r in ok.iterrows()], config=[_label(r) for _, r in ok.iterrows()])
+    ok = ok.assign(fix=[_fix(r) for _, r in ok.iterrows()], config=[strategy_label(r) for _, r in ok.iterrows()])
     plain_full = ok[(ok.strategy == "full") & (ok.fix == "none")]
     rows = []
     for (config, fix), g in ok.groupby(["config", "fix"], sort=False):
@@ -118,7 +113,7 @@ def budget_blocks(df: pd.DataFrame, out, plot) -> list[tuple]:
     rows = []
     for _, r in s.iterrows():
         probes = r.search_probes or []
-        rows.append({"configuration": _label(r), "budget GiB": f"{r.budget_gb:g}",
+        rows.append({"configuration": strategy_label(r), "budget GiB": f"{r.budget_gb:g}",
                      "largest batch": "" if r.best_batch != r.best_batch else f"{int(r.best_batch)}",
                      "tokens/s there": "" if r.status != "ok" else f"{r.tokens_per_s:,.0f}",
                      "peak MiB": "" if r.status != "ok" else f"{_peak(pd.DataFrame([r])) / MIB:.0f}",
@@ -133,7 +128,7 @@ def budget_blocks(df: pd.DataFrame, out, plot) -> list[tuple]:
     full = s[(s.strategy == "full") & (s.status == "ok")]
     if not full.empty:
         f = full.tokens_per_s.median()
-        blocks.append(("ul", [f"{_label(r)}: {r.tokens_per_s / f:.2f}x full fine-tuning's tokens/s at the same "
+        blocks.append(("ul", [f"{strategy_label(r)}: {r.tokens_per_s / f:.2f}x full fine-tuning's tokens/s at the same "
                               f"budget (batch {int(r.best_batch)} against {int(full.best_batch.max())})"
                               for _, r in s[(s.strategy != "full") & (s.status == "ok")].iterrows()]))
     try:

@@ -186,11 +186,15 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame({c: [None] * len(df) for c in missing}, index=df.index)], axis=1)
 
 
+def strategy_label(row) -> str:
+    """'lora_all r=8', or 'full': a rank is None in an object column and NaN in a float one."""
+    rank = row.get("rank")
+    return str(row["strategy"]) + (f" r={int(rank)}" if pd.notna(rank) else "")
+
+
 def variant_label(row, keys: list[str]) -> str:
     """'lora_all r=8' plus any other key that varies within the setting."""
-    parts = [str(row["strategy"])]
-    if pd.notna(row.get("rank")):
-        parts.append(f"r={int(row['rank'])}")
+    parts = [strategy_label(row)]
     for k in keys:
         if k != "rank" and pd.notna(row.get(k)):
             parts.append(f"{k}={row[k]}")

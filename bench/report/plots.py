@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.record.store import METRICS, STEPS, read_record, read_steps  # noqa: E402
+from bench.report.load import strategy_label  # noqa: E402
 
 # Okabe-Ito; the most distinct colours go to the strategies most often compared. A strategy not
 # listed gets grey (tests/test_architecture.py checks that every strategy of the table is here).
@@ -224,7 +225,7 @@ def memory_budget(searched: pd.DataFrame, out: Path, name: str) -> list[Path]:
         if not fitted:
             continue
         x, y, b = zip(*fitted)
-        label = r.strategy + ("" if r["rank"] != r["rank"] or r["rank"] is None else f" r={int(r['rank'])}")
+        label = strategy_label(r)
         ax.plot([v / 2**20 for v in x], y, marker="o", color=colour(r.strategy), label=label)
         i = b.index(max(b))  # the largest batch that fitted (peaks are measured, so not always the rightmost)
         ax.annotate(f"batch {b[i]}", (x[i] / 2**20, y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")

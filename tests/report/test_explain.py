@@ -84,3 +84,12 @@ def test_best_loss_per_second_needs_a_clear_drop(tmp_path):
     assert "Best loss per second: lora_all r=8 (" in verdict(agg) and "only the 1 of 3" in verdict(agg)
     agg = _agg(tmp_path / "none", record(loss=loss(5.0, 5.01, 0.01)), record(**SLOW_BY_OPS, loss=loss(5.0, 4.99, 0.01)))
     assert "No loss verdict: no configuration's eval loss fell by more than twice" in verdict(agg)
+
+
+def test_an_unstable_full_job_is_named_without_a_rank(tmp_path):
+    # Only full fine-tuning in the sweep: the rank column holds None, not NaN (CI found this).
+    busy = {"unstable": True, "reason": "its threads waited for a CPU 58% of the time (limit 10%)", "steps": 3}
+    write(tmp_path, "0", record(stability=busy))
+    write(tmp_path, "1", record(status="invalid", reason="train.lr: must be > 0"))
+    (line,) = unstable_jobs(load_records([tmp_path]))
+    assert ": full was left out of every verdict" in line and line.endswith("python -m bench.run strategy=full")
