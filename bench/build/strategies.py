@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from bench.build.lora import LoRALinear, adapter_params
-from bench.build.lora_fused import FusedLoRALinear
+from bench.build.lora_fused import FusedLoRALinear, share_input
 from bench.config import ConfigError, LoraConfig
 from bench.record.schema import Plan
 
@@ -28,6 +28,9 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "head": ("output", "lm_head"),
 }
 BLOCK_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+# Roles whose layers read the same input in every architecture we know: a fused layer computes
+# them as one node (bench/build/lora_fused.py: share_input).
+SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,17 @@ def _block_of(module_name: str) -> int | None:
 def _n_blocks(model: nn.Module) -> int:
     indices = [_block_of(n) for n, _ in model.named_modules()]
     return 1 + max((i for i in indices if i is not None), default=-1)
+
+
+def shared_input_groups(names: list[str]) -> list[list[str]]:
+    """The adapted layers that read the same input: same parent module, roles in one set of
+    SHARED_INPUT_ROLES (q, k, v of one attention; gate and up of one FFN)."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name in names:
+        for i, roles in enumerate(SHARED_INPUT_ROLES):
+            if _role_of(name) in roles:
+                groups.setdefault((name.rpartition(".")[0], i), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def select_targets(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> list[str]:
@@ -176,4 +190,10 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
     if trained and hasattr(model, "embedding_grad"):
         # The head is tied to the embedding: train only the head's use of the shared matrix.
         model.embedding_grad = False
-    return make_plan(strategy, lora, adapted, trained)
+    notes = []
+    if lora.impl == "fused":  # after set_trainable: only layers with a frozen base share a node
+        shared = [g for g in shared_input_groups(adapted) if share_input([model.get_submodule(n) for n in g])]
+        if shared:
+            notes.append(f"lora.impl=fused: {len(shared)} groups of layers that read the same input compute as "
+                         f"one node each ({', '.join(n.rsplit('.', 1)[-1] for n in shared[0])}, ...)")
+    return make_plan(strategy, lora, adapted, trained, notes)

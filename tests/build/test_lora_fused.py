@@ -139,3 +139,76 @@ def test_fused_with_peft_is_refused_in_one_line(cfg_of):
 
     with pytest.raises(ConfigError, match="lora.impl: fused is this project's own layer"):
         cfg_of("strategy=lora_all", "lora.backend=peft", "lora.impl=fused")
+
+
+def test_shared_input_node_is_the_numerical_gradient():
+    """Three layers on one x (q, k, v), one of them with a bias, as one node, in float64."""
+    d = torch.float64
+    torch.manual_seed(0)
+    members = []
+    for out_f, bias in ((3, False), (2, True), (2, False)):
+        members += [torch.randn(out_f, 4, dtype=d), torch.randn(out_f, dtype=d) if bias else None,
+                    torch.randn(2, 4, dtype=d, requires_grad=True), torch.randn(out_f, 2, dtype=d, requires_grad=True)]
+    x = torch.randn(2, 3, 4, dtype=d, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *m: lora_fused._FusedSharedInput.apply(x, 0.7, *m), (x, *members))
+
+
+def _shared_layers(rank=3, scale=2.5):
+    torch.manual_seed(0)
+    eager = [LoRALinear(nn.Linear(12, out_f, bias=False).requires_grad_(False), rank, scale) for out_f in (10, 6, 6)]
+    fused = [FusedLoRALinear(copy.deepcopy(e.base), rank, scale) for e in eager]
+    for e, f in zip(eager, fused):
+        with torch.no_grad():
+            e.lora_b.normal_()
+        f.load_state_dict(e.state_dict())
+    return eager, fused
+
+
+def test_layers_that_share_an_input_compute_once_and_agree_with_eager(monkeypatch):
+    eager, fused = _shared_layers()
+    assert lora_fused.share_input(fused)
+    x = torch.randn(2, 2, 12, requires_grad=True)  # 4 rows, fewer than any width: the separate orders
+    x2 = x.detach().clone().requires_grad_(True)
+    calls, apply = [], lora_fused._FusedSharedInput.apply
+    monkeypatch.setattr(lora_fused._FusedSharedInput, "apply", lambda *a: calls.append(1) or apply(*a))
+    ys = [f(x) for f in fused]
+    assert len(calls) == 1 and fused[0].shared._input is None  # one node; x released after the last member
+    ref = [e(x2) for e in eager]
+    for y, r in zip(ys, ref):
+        torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-5)
+    sum(y.pow(2).sum() for y in ys).backward()
+    sum(r.pow(2).sum() for r in ref).backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    for e, f in zip(eager, fused):
+        torch.testing.assert_close(f.lora_a.grad, e.lora_a.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(f.lora_b.grad, e.lora_b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_a_member_called_alone_or_twice_computes_alone():
+    eager, fused = _shared_layers()
+    lora_fused.share_input(fused)
+    x, other = torch.randn(4, 12), torch.randn(4, 12)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
+    close(fused[1](other), eager[1](other))  # a sibling's input, not the group's
+    close(fused[0](x), eager[0](x))
+    close(fused[0](x), eager[0](x))          # again, before its siblings
+    close(fused[2](x), eager[2](x))
+
+
+def test_only_alike_layers_share_an_input():
+    _, fused = _shared_layers()
+    assert not lora_fused.share_input(fused[:1])                        # one layer is no group
+    trained = _shared_layers()[1]
+    trained[0].base.weight.requires_grad_(True)
+    assert not lora_fused.share_input(trained)                          # W's gradient is never computed there
+    dropped = [FusedLoRALinear(nn.Linear(12, 6, bias=False).requires_grad_(False), 3, 2.5, dropout=0.1) for _ in range(2)]
+    assert not lora_fused.share_input(dropped)                          # each layer draws its own mask
+
+
+def test_lora_all_groups_q_k_v_and_gate_up_of_every_block():
+    _, s = built("model=tiny", "strategy=lora_all", "lora.impl=fused")
+    groups = {tuple(n.rsplit(".", 1)[-1] for n, m in s.model.named_modules()
+                    if isinstance(m, FusedLoRALinear) and m.shared is g) for g in
+              {id(m.shared): m.shared for m in s.model.modules() if isinstance(m, FusedLoRALinear) and m.shared}.values()}
+    assert groups == {("wq", "wk", "wv"), ("w1", "w3")}
+    assert any("groups of layers that read the same input" in n for n in s.plan.notes)
