@@ -11,11 +11,12 @@ every variant in turn), and prints the median time per call and the ratio second
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+
+from bench.measure.env import describe
 
 
 def _time(fn, calls: int) -> float:
@@ -46,8 +47,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=50)
     a = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; N = {a.tokens} tokens, r = {a.rank}, median of {a.rounds} rounds")
+    env = describe(torch.device("cpu"))
+    print(f"machine: {env['machine']}; torch {env['torch']}; N = {a.tokens} tokens, r = {a.rank}, "
+          f"median of {a.rounds} rounds")
     for shape in a.shapes.split(","):
         in_f, out_f = (int(v) for v in shape.split("x"))
         for name, (other, ours) in pairs(a.tokens, a.rank, in_f, out_f).items():

@@ -212,3 +212,17 @@ def test_lora_all_groups_q_k_v_and_gate_up_of_every_block():
               {id(m.shared): m.shared for m in s.model.modules() if isinstance(m, FusedLoRALinear) and m.shared}.values()}
     assert groups == {("wq", "wk", "wv"), ("w1", "w3")}
     assert any("groups of layers that read the same input" in n for n in s.plan.notes)
+
+
+def test_shared_input_under_autocast_casts_once_and_keeps_fp32_gradients():
+    eager, fused = _shared_layers()
+    lora_fused.share_input(fused)
+    x = torch.randn(4, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys = [f(x) for f in fused]
+        refs = [e(x) for e in eager]
+    assert all(y.dtype == torch.bfloat16 for y in ys)
+    for y, r in zip(ys, refs):
+        torch.testing.assert_close(y.float(), r.float(), rtol=2e-2, atol=2e-2)
+    sum(y.float().sum() for y in ys).backward()
+    assert all(f.lora_a.grad.dtype == torch.float32 and f.lora_b.grad.dtype == torch.float32 for f in fused)
