@@ -9,6 +9,8 @@ Parts, in order (each fits one 10-minute call of a lent GPU machine; pick some w
   launch_bound  +study=launch_bound device=cuda: the launch-bound corner on the GPU
   crossover_gpu +study=crossover_gpu: lora_all and lora_qk against full over width x tokens
   backends      +study=backends device=cuda: the eager and fused layers against PEFT's
+  interleaved   benchmarks/backends_interleaved.py on the GPU: the same layers and the frozen floor,
+                step by step in one process, at minimind_v1 2 x 64 fp32 and 32 x 512 bf16
   overhead      +study=overhead device=cuda: does phase timing change the step?
   fixes_gpu     +study=fixes_gpu device=cuda: eager, fused, compiled and CUDA graphs, bf16
   memory_budget +study=memory_budget device=cuda train.memory_budget_gb=8: tokens/s at equal memory
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,16 +36,22 @@ STUDIES = {"minimind_88": [], "launch_bound": ["device=cuda"], "crossover_gpu": 
            "memory_budget": ["device=cuda", "train.memory_budget_gb=8", "train.seq_len=512",
                              "search.max_batch=1024"],
            "distributed_gpu": ["device=cuda"]}
-PARTS = ["tests", *STUDIES]
+# benchmarks/backends_interleaved.py on the GPU: the launch-bound step of the CPU reference, and
+# MiniMind #88's batch in bf16.
+INTERLEAVED = [["device=cuda"], ["device=cuda", "train.batch_size=32", "train.seq_len=512", "train.precision=bf16"]]
+PARTS = ["tests", "interleaved", *STUDIES]
 
 
-def sh(args: list[str], log: Path) -> int:
+def sh(args: list[str], log: Path, stdout: Path | None = None) -> int:
+    """Run one command from the repository root; its output goes to the log (or to `stdout`,
+    its errors still to the log)."""
     print("$", " ".join(args), flush=True)
     t = time.perf_counter()
-    with log.open("a") as f:
+    with log.open("a") as f, (stdout.open("a") if stdout else nullcontext(f)) as o:
         f.write(f"$ {' '.join(args)}\n")
         f.flush()
-        rc = subprocess.call(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.call(args, cwd=ROOT, stdout=o, stderr=f if stdout else subprocess.STDOUT,
+                             env={"PYTHONPATH": str(ROOT), **os.environ})
         f.write(f"# exit {rc} after {time.perf_counter() - t:.0f} s\n")
     print(f"  exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
     return rc
@@ -59,6 +68,13 @@ def main(out: Path, parts: list[str]) -> int:
     for part in parts:
         if part == "tests":
             rcs.append(sh([py, "-m", "pytest", "-q", "-rs", "tests/"], log))
+            continue
+        if part == "interleaved":
+            for overrides in INTERLEAVED:
+                with (out / "interleaved.txt").open("a") as f:
+                    f.write(f"$ python benchmarks/backends_interleaved.py --rounds 40 {' '.join(overrides)}\n")
+                rcs.append(sh([py, "benchmarks/backends_interleaved.py", "--rounds", "40", *overrides], log,
+                              stdout=out / "interleaved.txt"))
             continue
         rcs.append(sh([py, "-m", "bench.run", f"+study={part}", *STUDIES[part], "train.progress=false",
                        f"hydra.sweep.dir={out / part}"], log))
