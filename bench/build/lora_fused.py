@@ -33,10 +33,21 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+from torch.autograd.profiler import record_function
 
 from bench.build.lora import LoRALinear
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+_NO_RANGE = nullcontext()
+
+
+def _base():
+    """Under the profiler, a range around the frozen weight's own products, so that the
+    attribution (bench/measure/attribution.py) files them as base matmuls and only the rest of
+    this node as the adapter's. No range otherwise: record_function dispatches operations."""
+    if torch.autograd._profiler_enabled() and not torch.compiler.is_compiling():
+        return record_function("lb::base_matmul")
+    return _NO_RANGE
 
 
 def orders(n: int, in_features: int, out_features: int, dtype: torch.dtype) -> tuple[bool, bool]:
@@ -88,7 +99,8 @@ class _FusedLoRA(torch.autograd.Function):
         if need_x and merge:
             dx = torch.mm(g, torch.addmm(weight, lora_b, lora_a, alpha=s)).view(*lead, -1)
         elif need_x:
-            dx = torch.mm(g, weight)
+            with _base():
+                dx = torch.mm(g, weight)
             if x_d is None:
                 dx.addmm_(gbt.t(), lora_a, alpha=s)  # the adapter's share, added in place
             dx = dx.view(*lead, -1)
@@ -103,7 +115,8 @@ class _FusedLoRA(torch.autograd.Function):
             # transposed (FusedLoRALinear), so the view's layout is B's own and nothing is copied.
             dbb = torch.addmm(lora_b.t(), xat, g, beta=0, alpha=s).t()
         if need_w:
-            dw = torch.mm(g.t(), x)
+            with _base():
+                dw = torch.mm(g.t(), x)
         if need_b and ctx.has_bias:
             db = g.sum(0)
         return dx, dxd, dw, db, da, dbb, None
@@ -114,7 +127,8 @@ def _forward(x, xin, weight, bias, lora_a, lora_b, scale, merge_fwd):
     if merge_fwd:
         w = torch.addmm(weight, lora_b, lora_a, alpha=scale)  # W + s·B·A, no transpose needed
         return (torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())), xat
-    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    with _base():
+        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
     return y.addmm_(xat.t(), lora_b.t(), alpha=scale), xat
 
 
@@ -140,7 +154,8 @@ class _FusedSharedInput(torch.autograd.Function):
             xat = torch.mm(a_cat, x.t())  # (n·r, N), the short, wide layout
             ys = []
             for i, (w, bias, b) in enumerate(zip(weights, biases, b_list)):
-                y = torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())
+                with _base():
+                    y = torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())
                 ys.append(y.addmm_(xat[i * r:(i + 1) * r].t(), b.t(), alpha=scale).view(*lead, w.shape[0]))
         ctx.save_for_backward(x, a_cat, xat, *weights, *b_list)
         ctx.r, ctx.scale, ctx.lead = r, scale, lead
@@ -158,9 +173,10 @@ class _FusedSharedInput(torch.autograd.Function):
             torch.mm(b.t(), g.t(), out=gbt[i * r:(i + 1) * r])
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = torch.mm(gs[0], weights[0])
-            for g, w in zip(gs[1:], weights[1:]):
-                dx.addmm_(g, w)
+            with _base():
+                dx = torch.mm(gs[0], weights[0])
+                for g, w in zip(gs[1:], weights[1:]):
+                    dx.addmm_(g, w)
             dx = dx.addmm_(gbt.t(), a_cat, alpha=s).view(*ctx.lead, -1)
         da = torch.addmm(a_cat, gbt, x, beta=0, alpha=s).split(r)  # one product for every A
         out: list = [dx, None]

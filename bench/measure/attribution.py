@@ -9,8 +9,9 @@ tensor shapes, and nothing in PEFT is edited: its layers are recognised by type.
     base_matmul            the model's own linear layers, frozen or trained
     adapter_matmul         the adapters' low-rank products (A, B)
     adapter_other          the scale, add, dropout and casts an adapter layer adds
-                           (lora.impl=fused: one node does the base and adapter products of an
-                           adapted layer, so its base product is filed under adapter_matmul too)
+                           (lora.impl=fused: one node does an adapted layer's base and adapter
+                           products; it marks the base products with an lb::base_matmul range,
+                           forward and backward, and the rest of the node is adapter_matmul)
     attention              attention's own work outside its linear layers
     norm_activation_other  norms, activations, embedding, loss, everything else of the model
     compiled               (train.compile) the compiled graphs' forward and backward calls: inside
@@ -138,6 +139,21 @@ def _ops(events) -> list:
     return out
 
 
+def _inner_ranges(event) -> dict[str, tuple[float, int]]:
+    """(microseconds, ranges) of the outermost lb:: ranges inside one top-level operation, by category."""
+    out: dict[str, tuple[float, int]] = {}
+    todo = list(event.cpu_children)
+    while todo:
+        d = todo.pop()
+        cat = d.name[len(PREFIX):] if d.name.startswith(PREFIX) else None
+        if cat in CATEGORIES:
+            us, n = out.get(cat, (0.0, 0))
+            out[cat] = (us + d.time_range.elapsed_us(), n + 1)
+        else:
+            todo.extend(d.cpu_children)
+    return out
+
+
 def split(events, wall_ms: float) -> dict:
     """Categories (ms, and the number of operations in each) of one profiled step's events."""
     ops = _ops(events)
@@ -156,7 +172,11 @@ def split(events, wall_ms: float) -> dict:
     ms, count = defaultdict(float), defaultdict(int)
     for e in ops:
         cat = _category(e, forward_of)
-        ms[cat] += e.time_range.elapsed_us() / 1e3
+        inner = _inner_ranges(e)  # parts an operation marked itself (the fused LoRA node's base products)
+        for sub, (us, n) in inner.items():
+            ms[sub] += us / 1e3
+            count[sub] += n
+        ms[cat] += (e.time_range.elapsed_us() - sum(us for us, _ in inner.values())) / 1e3
         count[cat] += 1
     cats = {c: ms.get(c, 0.0) for c in CATEGORIES}
     cats["framework"] = max(0.0, wall_ms - sum(v for k, v in cats.items() if k != "framework"))

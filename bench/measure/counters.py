@@ -1,6 +1,8 @@
 """What one training step does, counted on a separate, untimed step.
 
-- FLOPs: torch.utils.flop_counter.FlopCounterMode (matmul-class ops, forward and backward).
+- FLOPs: torch.utils.flop_counter.FlopCounterMode (matmul-class ops, forward and backward),
+  with the in-place addmm_ added: its registry counts addmm but not addmm_, which the fused LoRA
+  layer uses to accumulate into an output, so its products would go uncounted.
 - Ops: every aten operation dispatched (forward, backward, optimizer). Many small adapter
   layers mean many small kernels; this is the count that makes that visible.
 - Saved activations: what autograd keeps for backward, counted once per storage and
@@ -16,6 +18,15 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _addmm_inplace_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """C += A·B: 2·m·k·n, as torch counts the out-of-place addmm (the add is not counted)."""
+    (m, k), (_, n) = a_shape, b_shape
+    return 2 * m * k * n
+
+
+EXTRA_FLOPS = {torch.ops.aten.addmm_: _addmm_inplace_flop}
 
 
 class OpCounter(TorchDispatchMode):
@@ -73,7 +84,7 @@ class StepCounts:
     """Context for one counted step: `with StepCounts(model) as c: ...; c.flops, c.ops`."""
 
     def __init__(self, model: nn.Module):
-        self.flop_mode = FlopCounterMode(display=False)
+        self.flop_mode = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
         self.op_mode = OpCounter()
         self.saved = SavedTensors(model)
         self._stack = ExitStack()

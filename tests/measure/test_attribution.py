@@ -52,13 +52,16 @@ def test_modules_are_recognised_by_type():
     assert cats["layers.0.feed_forward"] is None  # its activation is the model's own work
 
 
-def test_framework_is_what_no_operation_covers():
-    class Op:  # the few fields `split` reads of a profiler event
-        def __init__(self, name, start, end):
-            self.name, self.cpu_parent, self.cpu_children, self.sequence_nr = name, None, [], -1
-            self.device_type = torch.autograd.DeviceType.CPU
-            self.time_range = type("R", (), {"elapsed_us": lambda r: (end - start)})()
+class Op:  # the few fields `split` reads of a profiler event
+    def __init__(self, name, start, end, parent=None):
+        self.name, self.cpu_parent, self.cpu_children, self.sequence_nr = name, parent, [], -1
+        self.device_type = torch.autograd.DeviceType.CPU
+        self.time_range = type("R", (), {"elapsed_us": lambda r: (end - start)})()
+        if parent is not None:
+            parent.cpu_children.append(self)
 
+
+def test_framework_is_what_no_operation_covers():
     out = split([Op("aten::add", 0, 1000), Op("aten::mul", 2000, 2500)], wall_ms=4.0)
     assert out["categories"]["norm_activation_other"] == pytest.approx(1.5)
     assert out["categories"]["framework"] == pytest.approx(2.5) and out["ops"]["norm_activation_other"] == 2
@@ -68,3 +71,23 @@ def test_gpu_idle_is_the_step_less_the_union_of_kernels():
     kernels = [(10.0, 30.0), (20.0, 40.0), (60.0, 70.0)]  # us; the first two overlap
     assert gpu_idle_ms(kernels, 0.0, 100.0) == pytest.approx((100 - 30 - 10) / 1e3)
     assert gpu_idle_ms([], 0.0, 50.0) == pytest.approx(0.05)
+
+
+def test_a_fused_node_files_its_marked_base_products_as_base_matmul():
+    module = Op("lb::adapter_matmul", 0, 1000)
+    node = Op("_FusedLoRA", 0, 1000, module)
+    base = Op("lb::base_matmul", 100, 700, node)
+    Op("aten::mm", 100, 700, base)
+    Op("aten::mm", 750, 900, node)  # the adapter's own product, unmarked
+    out = split([module, node, *node.cpu_children, *base.cpu_children], wall_ms=1.0)
+    assert out["categories"]["base_matmul"] == pytest.approx(0.6)
+    assert out["categories"]["adapter_matmul"] == pytest.approx(0.4)
+    assert out["ops"]["base_matmul"] == 1 and out["ops"]["adapter_matmul"] == 1
+
+
+def test_fused_layers_split_base_and_adapter_products_in_a_real_step():
+    # Every linear adapted (the head too): base products can only come from the fused nodes' ranges.
+    a = _attribution("strategy=lora_all", "lora.include_head=true", "lora.impl=fused")
+    assert sum(a["categories"].values()) == pytest.approx(a["step_ms"], rel=0.05)
+    assert a["ops"]["base_matmul"] > 0 and a["ops"]["adapter_matmul"] > 0
+    assert a["categories"]["base_matmul"] > 0 and a["categories"]["adapter_matmul"] > 0

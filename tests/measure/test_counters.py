@@ -63,9 +63,11 @@ def rule_flops(m, strategy: str, rank: int, tokens: int) -> float:
     return (total + c) * tokens
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora_all", "lora_last"])
-def test_counted_flops_follow_the_cost_rules(cfg_of, strategy):
-    cfg, probe = _counted_step(cfg_of, f"strategy={strategy}", "lora.rank=8", *SMALL_ATTN)
+@pytest.mark.parametrize("strategy,impl", [("full", "eager"), ("lora_all", "eager"), ("lora_last", "eager"),
+                                           ("lora_all", "fused"), ("lora_last", "fused")])
+def test_counted_flops_follow_the_cost_rules(cfg_of, strategy, impl):
+    # The fused layer does the same products (its in-place addmm_ counted too), in one node.
+    cfg, probe = _counted_step(cfg_of, f"strategy={strategy}", "lora.rank=8", f"lora.impl={impl}", *SMALL_ATTN)
     tokens = cfg.train.batch_size * cfg.train.seq_len
     expected = rule_flops(cfg.model, strategy, 8, tokens)
     assert probe.flops == pytest.approx(expected, rel=0.02)
