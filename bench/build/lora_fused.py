@@ -20,8 +20,8 @@ layer. Only in fp32: rounding W + s·B·A to bf16/fp16 would lose most of the sm
 
 Layout of the rank-wide products. Each has one side of r (8, say) and one of N, in or out. A BLAS
 kernel writes a short, wide result (r × N) much faster than its tall, narrow transpose (N × r):
-on the AMD EPYC development machine (N = 128, out = 1408, r = 8), g·B took 71.9 us as (N × r) and
-32.4 us as Bᵀ·gᵀ (r × N), and the B gradient 80.8 us as gᵀ·x_a (out × r) against 40.0 us as
+on the AMD EPYC development machine (N = 128, out = 1408, r = 8), g·B took 74.4 us as (N × r) and
+33.6 us as Bᵀ·gᵀ (r × N), and the B gradient 82.2 us as gᵀ·x_a (out × r) against 42.3 us as
 x_aᵀ·g (r × out) (results/reference/backends/amd-epyc-2-threads/fused_layout.txt;
 benchmarks/fused_layout.py measures them on the machine at hand). So x Aᵀ and g B are kept as
 their transposes (r × N), and dB is computed as (r × out): B is stored transposed, so that
