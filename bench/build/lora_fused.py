@@ -45,7 +45,8 @@ def _base():
     """Under the profiler, a range around the frozen weight's own products, so that the
     attribution (bench/measure/attribution.py) files them as base matmuls and only the rest of
     this node as the adapter's. No range otherwise: record_function dispatches operations."""
-    if torch.autograd._profiler_enabled() and not torch.compiler.is_compiling():
+    # is_compiling first: Dynamo traces it, while _profiler_enabled() would break the graph.
+    if not torch.compiler.is_compiling() and torch.autograd._profiler_enabled():
         return record_function("lb::base_matmul")
     return _NO_RANGE
 
