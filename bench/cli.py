@@ -17,6 +17,17 @@ from omegaconf import DictConfig
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def compose_config(overrides: list[str]):
+    """The validated BenchConfig for these overrides, composed as a job would be (for scripts
+    that build jobs in their own process, such as the interleaved benchmarks)."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import load_config
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return load_config(compose("config", overrides=list(overrides)))
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 

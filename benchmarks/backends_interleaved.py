@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from bench.build.setup import resolve_device, seed_everything, setup
 from bench.build.strategies import set_trainable
-from bench.cli import CONF_DIR
-from bench.config import load_config
+from bench.cli import compose_config
 from bench.measure.env import describe
+from bench.report.stats import median_interval
 from bench.measure.timer import StepTimer
 from bench.measure.trainer import Trainer
 
@@ -36,8 +35,7 @@ LAYERS = {"eager": ["lora.impl=eager"], "fused": ["lora.impl=fused"], "peft": ["
 
 
 def build(overrides: list[str], layer: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = load_config(compose("config", overrides=[*DEFAULTS, *overrides, *LAYERS[layer]]))
+    cfg = compose_config([*DEFAULTS, *overrides, *LAYERS[layer]])
     device = resolve_device(cfg)
     seed_everything(cfg.train.seed)
     s = setup(cfg, device)
@@ -77,16 +75,14 @@ def main() -> None:
           f"{lora.alpha if lora.alpha is not None else lora.rank} (scale {lora.scale:g}) on {cfg.model.name}, batch "
           f"{t.batch_size} x seq {t.seq_len}, {t.precision}; {a.rounds} rounds of {a.steps} steps per layer")
     peft = np.array(steps["peft"])
-    rng = np.random.default_rng(0)
     for name in layers:
         ms = np.array(steps[name])
         line = f"{name:6s} median step {np.median(ms):8.2f} ms"
         if name != "peft":
             ratio = ms / peft
-            boot = np.median(rng.choice(ratio, size=(2000, ratio.size)), axis=1)
+            lo, hi = median_interval(ratio)
             line += (f"; /peft median {np.median(ratio):.3f} (p10-p90 {np.percentile(ratio, 10):.3f}-"
-                     f"{np.percentile(ratio, 90):.3f}; 90% interval of the median {np.percentile(boot, 5):.3f}-"
-                     f"{np.percentile(boot, 95):.3f})")
+                     f"{np.percentile(ratio, 90):.3f}; 90% interval of the median {lo:.3f}-{hi:.3f})")
         print(line)
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from bench.build.setup import resolve_device, seed_everything, setup
-from bench.cli import CONF_DIR
-from bench.config import load_config
+from bench.cli import compose_config
 from bench.measure.env import describe
+from bench.report.stats import median_interval
 from bench.measure.timer import StepTimer
 from bench.measure.trainer import Trainer
 
@@ -28,8 +27,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = load_config(compose("config", overrides=["strategy=lora_all", *args.overrides]))
+    cfg = compose_config(["strategy=lora_all", *args.overrides])
     device = resolve_device(cfg)
     seed_everything(cfg.train.seed)
     s = setup(cfg, device)
@@ -46,16 +44,14 @@ def main() -> None:
         (on if phases else off).append(timings["step_ms"])
     on_a, off_a = np.array(on), np.array(off)
     ratio = on_a / off_a
-    rng = np.random.default_rng(0)
-    boot = np.median(rng.choice(ratio, size=(2000, ratio.size)), axis=1)
+    lo, hi = median_interval(ratio)
     env = describe(device)
     print(f"machine: {env['machine']}; torch {env['torch']}; {cfg.strategy.name} on {cfg.model.name}, "
           f"batch {t.batch_size} x seq {t.seq_len}, {t.precision}; {args.pairs} pairs")
     print(f"median step: phases on {np.median(on_a):.3f} ms, off {np.median(off_a):.3f} ms")
     print(f"phase timing overhead: {100 * (np.median(ratio) - 1):+.2f}% (median of paired ratios; "
           f"p10-p90 {100 * (np.percentile(ratio, 10) - 1):+.1f}% to {100 * (np.percentile(ratio, 90) - 1):+.1f}%; "
-          f"bootstrap 90% interval of the median {100 * (np.percentile(boot, 5) - 1):+.2f}% to "
-          f"{100 * (np.percentile(boot, 95) - 1):+.2f}%)")
+          f"bootstrap 90% interval of the median {100 * (lo - 1):+.2f}% to {100 * (hi - 1):+.2f}%)")
 
 
 if __name__ == "__main__":

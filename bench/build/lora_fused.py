@@ -254,7 +254,7 @@ class FusedLoRALinear(LoRALinear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lora_b = transposed_storage(self.lora_b)
-        self.shared: SharedInput | None = None  # set by share_inputs: siblings that read the same x
+        self.shared: SharedInput | None = None  # set by share_input: siblings that read the same x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

@@ -21,6 +21,13 @@ MIN_EFFECT = 0.05  # a 5% difference is the smallest this harness calls a findin
 _SEED = 20_241_188
 
 
+def median_interval(ratios: np.ndarray, level: float = 0.90) -> tuple[float, float]:
+    """Bootstrap interval of the median of paired ratios (step-interleaved benchmarks)."""
+    rng = np.random.default_rng(0)
+    boot = np.median(rng.choice(ratios, size=(RESAMPLES, ratios.size)), axis=1)
+    return float(np.percentile(boot, 50 * (1 - level))), float(np.percentile(boot, 50 * (1 + level)))
+
+
 def _side(samples: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """RESAMPLES bootstrap values of median-over-repeats of median-step."""
     picks = rng.integers(0, len(samples), size=(RESAMPLES, len(samples)))

@@ -38,3 +38,12 @@ def test_no_steps_no_interval():
 ])
 def test_the_verdict_rule(ratio, interval, expected):
     assert verdict(ratio, interval) == expected
+
+
+def test_median_interval_holds_the_median_of_paired_ratios():
+    from bench.report.stats import median_interval
+
+    ratios = np.array([0.90, 0.92, 0.93, 0.93, 0.94, 0.95, 0.97, 1.10] * 5)
+    lo, hi = median_interval(ratios)
+    assert lo <= np.median(ratios) <= hi and 0.90 <= lo and hi <= 1.10
+    assert median_interval(np.full(20, 0.8)) == (0.8, 0.8)  # no spread, no interval
