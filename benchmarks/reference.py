@@ -4,6 +4,7 @@
     python benchmarks/reference.py --index                     # only rebuild results/reference/README.md
     python benchmarks/reference.py --rebuild                   # rebuild every report from its records
     python benchmarks/reference.py --file OUT/minimind_88 minimind_88   # file a sweep run elsewhere (a GPU)
+    python benchmarks/reference.py --file SWEEP NAME --ref-dir DIR      # the same into another folder
 
 Each study runs as `python -m bench.run +study=<name>` into results/multirun/ref_<name>; its
 report and records (metrics.json, steps.jsonl) are copied to results/reference/<name>/<machine>/,
@@ -46,12 +47,12 @@ def run_study(name: str) -> Path:
                                    f"{time.perf_counter() - t:.0f} s wall time")
 
 
-def file_sweep(sweep: Path, name: str, how: str) -> Path:
-    """Copy a finished sweep's records and report to results/reference/<name>/<machine>/."""
+def file_sweep(sweep: Path, name: str, how: str, ref: Path = REF) -> Path:
+    """Copy a finished sweep's records and report to <ref>/<name>/<machine>/ (ref: results/reference)."""
     records = sorted(sweep.glob("*/metrics.json"))
     machine = next((json.loads(p.read_text()).get("env", {}).get("machine") for p in records
                     if json.loads(p.read_text()).get("env")), "unknown machine")
-    dest = REF / name / slug(machine)
+    dest = ref / name / slug(machine)
     if dest.exists():
         shutil.rmtree(dest)
     # report.html embeds every plot again: rebuilt on demand (python -m bench.report), never filed.
@@ -69,30 +70,34 @@ def file_sweep(sweep: Path, name: str, how: str) -> Path:
                     shutil.copy(probe.parent / f, job / "probes" / probe.parent.name / f)
     (dest / "COMMAND.md").write_text(
         f"{how}, on {machine}, finished {time.strftime('%Y-%m-%d %H:%M %Z')}.\n"
-        f"Rebuild the report from the records: `python -m bench.report {dest.relative_to(ROOT)}/records "
+        f"Rebuild the report from the records: `python -m bench.report {_shown(dest)}/records "
         f"--out <dir>`.\n")
     return dest
 
 
-def index() -> None:
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def index(ref: Path = REF) -> None:
     lines = ["# Reference results", "",
              "Written by `python benchmarks/reference.py`: each study run with the project's own command on the "
              "machine named, its report and records copied here unedited. The verdicts below are quoted from "
              "each report.", ""]
-    for report in sorted(REF.glob("*/*/report/report.md")):
+    for report in sorted(ref.glob("*/*/report/report.md")):
         study, machine = report.parts[-4], report.parts[-3]
         command = (report.parent.parent / "COMMAND.md")
         lines += [f"## {study} on {machine}", "",
                   command.read_text().strip() if command.exists() else "", "",
-                  f"Report: [{report.relative_to(REF)}]({report.relative_to(REF)})", ""]
+                  f"Report: [{report.relative_to(ref)}]({report.relative_to(ref)})", ""]
         for para in report.read_text().split("\n\n"):
             if para.startswith("## Setting") or para.startswith("Verdict."):
                 lines.append(("**" + para.lstrip("# ") + "**") if para.startswith("## ") else "> " + para)
                 lines.append("")
-    for text in sorted(REF.glob("*/*/*.txt")):  # studies whose result is a benchmark script's output
+    for text in sorted(ref.glob("*/*/*.txt")):  # studies whose result is a benchmark script's output
         lines += [f"## {text.parts[-3]} on {text.parts[-2]}: {text.name}", "", "```", text.read_text().strip(), "```", ""]
-    (REF / "README.md").write_text("\n".join(lines))
-    print(f"wrote {REF / 'README.md'}")
+    (ref / "README.md").write_text("\n".join(lines))
+    print(f"wrote {ref / 'README.md'}")
 
 
 def rebuild() -> None:
@@ -112,9 +117,17 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
-    if args[0] == "--file" and len(args) == 3:
-        print(f"filed: {file_sweep(Path(args[1]), args[2], f'`+study={args[2]}` (benchmarks/gpu_check.py)')}")
-        index()
+    if args[0] == "--file" and len(args) in (3, 5):
+        ref = REF
+        if len(args) == 5:
+            if args[3] != "--ref-dir":
+                sys.exit(f"error: {args[3]!r}: expected --ref-dir DIR after --file SWEEP NAME")
+            ref = Path(args[4]).resolve()
+        sweep = Path(args[1])
+        if not (sweep / "report").is_dir():
+            sys.exit(f"error: {sweep} has no report/ (is it a finished sweep? python -m bench.report {sweep} makes one)")
+        print(f"filed: {file_sweep(sweep, args[2], f'`+study={args[2]}` (benchmarks/gpu_check.py)', ref)}")
+        index(ref)
         sys.exit(0)
     if "--rebuild" in args:
         rebuild()
