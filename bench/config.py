@@ -105,6 +105,7 @@ class LoraConfig:
 class TrainConfig:
     steps: int
     warmup_steps: int
+    paired_steps: int
     batch_size: int
     seq_len: int
     lr: float
@@ -342,6 +343,7 @@ def _check_training(c: BenchConfig) -> None:
     t = c.train
     _positive("train.steps", t.steps)
     _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
+    _positive("train.paired_steps", t.paired_steps, allow_zero=True)
     _positive("train.batch_size", t.batch_size)
     _positive("train.seq_len", t.seq_len)
     if m.max_seq_len is not None and t.seq_len > m.max_seq_len:

@@ -3,9 +3,9 @@
     step 0        first   untimed; AdamW creates its state lazily here, the allocator warms up
     step 1        count   untimed; FLOPs, operations, saved activations, gradient and optimizer-
                           state bytes, counted in steady state
-    step 2        profile untimed, with train.profile: the step under torch.profiler, twice (the first
-                          pays the profiler's start-up), split into categories (attribution);
-                          peak counters reset after it
+    step 2        profile untimed, with train.profile, on a configuration's first repeat (profiled()):
+                          the step under torch.profiler, twice (the first pays the profiler's
+                          start-up), split into categories (attribution); peak counters reset after it
                   eval    loss.eval_start: the training clock starts at 0
     warmup_steps  warmup  on the clock, not in the step statistics
     steps         timed   on the clock and in the statistics (time.step_ms, phases)
@@ -36,6 +36,7 @@ from bench.measure.calibrate import calibrate
 from bench.measure.compiled import CompileWatch, judge_clock
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
 from bench.measure.graphs import GraphedStep
+from bench.measure.paired import measure_paired
 from bench.measure.stability import ContentionProbe, gpu_neighbours
 from bench.measure.timer import StepTimer, WindowTimer
 from bench.measure.trainer import Trainer
@@ -51,6 +52,13 @@ class OutOfMemory(RuntimeError):
     def __init__(self, step: int, where: str, detail: str):
         self.step, self.where = step, where
         super().__init__(f"out of {where} memory at step {step}: {detail}")
+
+
+def profiled(cfg: BenchConfig) -> bool:
+    """The attribution explains a configuration; it is not a statistic, so its first repeat carries
+    it (a third of the README sweep's time otherwise). Compiled jobs profile every repeat: their
+    operation count comes from the profile."""
+    return cfg.train.profile and (cfg.repeat == 0 or cfg.train.compile)
 
 
 def untimed(profile: bool) -> tuple[str, ...]:
@@ -155,7 +163,8 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
            on_step=None) -> None:
     """Every step of the protocol, each logged; evaluations between steps, untimed."""
     t, rec, device = cfg.train, figures.rec, s.device
-    head = untimed(t.profile)
+    profile = profiled(cfg)
+    head = untimed(profile)
     n_steps = len(head) + t.warmup_steps + t.steps
     clock = _OnClock(device, t)
     rec.time.sync = clock.sync
@@ -165,7 +174,7 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
     try:
         for i, micro in enumerate(s.train_batches(cfg, n_steps)):
             figures.step_now = i
-            kind = step_kind(i, t.warmup_steps, t.profile)
+            kind = step_kind(i, t.warmup_steps, profile)
             if kind in ON_CLOCK:
                 finished = clock.step(stepper.step, i, kind, micro)
             elif kind == "count":
@@ -241,6 +250,9 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None
     figures.on_eval(sum(losses) / len(losses), final=True)
     # The held-out set's own noise: a loss change smaller than this is not a finding.
     rec.loss.eval_noise = float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None
+    # After every figure of the job's own (its memory peaks above all): the baseline is a second model.
+    with StepLog(out_dir / STEPS, mode="a") as log:
+        rec.paired = measure_paired(cfg, s, trainer, log)
     # After the timed steps, so the microbenchmark cannot disturb them.
     hidden = s.shape.hidden or 4 * s.shape.dim
     rec.calibration = Calibration(**calibrate(s.device, t.precision, t.batch_size * t.seq_len, s.shape.dim, hidden))

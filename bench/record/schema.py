@@ -148,6 +148,21 @@ class Time:
 
 
 @dataclass
+class Paired:
+    """The job's own step against full fine-tuning's of the same setting, stepped in turn in the
+    same process after the job's own measurement (bench/measure/paired.py): a host that drifts
+    between jobs slows both sides of a pair alike. The per-pair times are steps.jsonl rows of kind
+    `paired`. `skipped`: why no pair was measured (the baseline did not fit, a compiled step)."""
+    baseline: str = "full"
+    pairs: int = 0
+    ratio: Optional[float] = None  # median over pairs of own / baseline step time
+    own_ms: Stats = field(default_factory=Stats)
+    base_ms: Stats = field(default_factory=Stats)
+    order: str = "ABBA"            # who goes first alternates, pair by pair
+    skipped: Optional[str] = None
+
+
+@dataclass
 class Loss:
     floor: Optional[float] = None
     first: Optional[float] = None       # training loss of the first step
@@ -279,6 +294,7 @@ class Record:
     work: Optional[Work] = None
     memory: Optional[Memory] = None
     time: Optional[Time] = None
+    paired: Optional[Paired] = None
     loss: Optional[Loss] = None
     eval_curve: list[EvalPoint] = field(default_factory=list)
     calibration: Optional[Calibration] = None
@@ -291,7 +307,7 @@ class Record:
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     # What a job measured, as opposed to what it is (identity, config) and how it ended.
-    MEASURED = ("env", "plan", "model_shape", "params", "work", "memory", "time", "loss", "eval_curve",
+    MEASURED = ("env", "plan", "model_shape", "params", "work", "memory", "time", "paired", "loss", "eval_curve",
                 "calibration", "stability", "attribution", "compile", "comm")
 
     def take_measurements(self, other: "Record") -> None:

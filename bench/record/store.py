@@ -45,10 +45,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class StepLog:
-    """Appends one JSON line per step and flushes it, so a killed job leaves a readable prefix."""
+    """Appends one JSON line per step and flushes it, so a killed job leaves a readable prefix.
+    mode "a": a later phase of the same job (the paired baseline) adds its rows."""
 
-    def __init__(self, path: Path):
-        self._f = open(path, "w", buffering=1)
+    def __init__(self, path: Path, mode: str = "w"):
+        self._f = open(path, mode, buffering=1)
 
     def write(self, row: dict) -> None:
         self._f.write(json.dumps(_clean(row)) + "\n")

@@ -15,6 +15,8 @@ ratio where the measurement is conclusive, and a disagreement above 20% is state
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -44,10 +46,37 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
         out["predicted_vs_full"] = out.predicted_ms / f.predicted_ms
         out["flops_vs_full"] = out.flops_per_step / f.flops_per_step
         out["ops_vs_full"] = out.ops_per_step / f.ops_per_step
-        intervals = [stats.ratio_interval(r.samples, f.samples) for _, r in out.iterrows()]
-        out["vs_full_lo"] = [np.nan if i is None else i[0] for i in intervals]
-        out["vs_full_hi"] = [np.nan if i is None else i[1] for i in intervals]
-        out["verdict"] = [stats.verdict(r.vs_full, i) for (_, r), i in zip(out.iterrows(), intervals)]
+        est = estimates(out)
+        out["vs_full"] = [1.0 if r.strategy == "full" else (np.nan if e is None else e.ratio)
+                          for (_, r), e in zip(out.iterrows(), est)]
+        out["vs_full_lo"] = [np.nan if e is None else e.lo for e in est]
+        out["vs_full_hi"] = [np.nan if e is None else e.hi for e in est]
+        out["compared"] = ["" if e is None else e.basis for e in est]
+        out["calibrated"] = [e is not None and e.calibrated for e in est]
+        out["verdict"] = ["" if e is None else stats.verdict(e.ratio, (e.lo, e.hi), e.calibrated) for e in est]
+    return out
+
+
+def _is_paired(row: pd.Series) -> bool:
+    """Every repeat of this configuration has its paired baseline's pairs (at least 3)."""
+    return row.strategy != "full" and len(row.paired_logs) == row.repeats and all(len(x) >= 3 for x in row.paired_logs)
+
+
+def estimates(agg: pd.DataFrame) -> list:
+    """Each configuration's calibrated ratio to full fine-tuning (bench/report/stats.py): paired
+    where every repeat has pairs, else job against job; None for full itself and where no steps."""
+    f = agg[agg.strategy == "full"].iloc[0]
+    paired = [r for _, r in agg.iterrows() if _is_paired(r)]
+    pooled_p = stats.pooled_variance([[np.median(x) for x in r.paired_logs] for r in paired])
+    pooled_j = stats.pooled_variance([np.log([np.median(s) for s in r.samples if len(s)]) for _, r in agg.iterrows()])
+    out = []
+    for _, r in agg.iterrows():
+        if r.strategy == "full":
+            out.append(None)
+        elif _is_paired(r):
+            out.append(stats.paired_estimate(r.paired_logs, pooled_p))
+        else:
+            out.append(stats.job_estimate(r.samples, f.samples, pooled_j))
     return out
 
 
@@ -72,6 +101,9 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
         **{c: med(c) for c in _MEDIANS},
         "loss_drop": drop, "loss_gain_per_s": ((g.eval_start - g.eval_end) / g.train_s).median(),
         "samples": [np.asarray(s if isinstance(s, list) else [], dtype=float) for s in g.step_samples],
+        "paired_logs": [np.log(np.asarray(s, dtype=float)) for s in g.paired_samples if isinstance(s, list) and s],
+        # Sweeps (folders of jobs) the repeats come from: a report may combine several.
+        "runs": len({str(Path(p).parent) for p in g.path}),
         "paths": list(g.path),
     }
 
@@ -123,7 +155,12 @@ def _head(row: pd.Series, full: pd.Series) -> str:
     """The verdict, with the ratio t_config / t_full and its interval (the interval is of that ratio)."""
     ci = (f"95% interval {row.vs_full_lo:.2f}-{row.vs_full_hi:.2f}x" if row.vs_full_lo == row.vs_full_lo
           else "no interval: no timed steps on disk")
-    figures = f"{row.step_ms:.2f} vs {full.step_ms:.2f} ms per step, {row.vs_full:.2f}x; {ci}"
+    basis = (f"{row.repeats} repeat{'s' if row.repeats > 1 else ''}"
+             + (f" in {row.runs} sweeps" if row.runs > 1 else "") + f", {row.compared}")
+    figures = f"{row.step_ms:.2f} vs {full.step_ms:.2f} ms per step, {row.vs_full:.2f}x; {ci}; {basis}"
+    if row.verdict == "unjudged":
+        return (f"{row.label}: not judged ({figures}): one repeat cannot see the noise between jobs; "
+                f"repeats=2 or more measures it")
     if row.verdict == "same":
         return f"{row.label}: no measurable difference from full fine-tuning ({figures})"
     word, ratio = ("slower", row.vs_full) if row.verdict == "slower" else ("faster", 1 / row.vs_full)
@@ -197,7 +234,7 @@ def explain(row: pd.Series, full: pd.Series) -> str:
     measured = _measured(row, full) + _communication(row, full)
     sentence = _head(row, full) + "." + measured + " " + ("The cost model's terms: " if measured else "") \
         + "; ".join(parts) + "."
-    if row.verdict != "same":
+    if row.verdict in ("slower", "faster"):
         sign = 1 if row.verdict == "slower" else -1
         candidates = {k: v for k, v in tm.items() if v == v and np.sign(v) == sign}
         if candidates:
@@ -209,7 +246,7 @@ def explain(row: pd.Series, full: pd.Series) -> str:
     pred, meas = row.predicted_vs_full, row.vs_full
     if pred != pred:
         return sentence
-    if row.verdict == "same":
+    if row.verdict not in ("slower", "faster"):
         return sentence + f" The cost model predicts {pred:.2f}x; the measurement cannot tell them apart."
     if abs(pred / meas - 1) > DISAGREE:
         return sentence + (f" The cost model predicts {pred:.2f}x, measured {meas:.2f}x: they disagree by more than "

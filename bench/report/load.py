@@ -84,6 +84,12 @@ def ranks(rec: Record) -> str:
     return "single" if not n or n == 1 else f"{n} x {how}"
 
 
+def _paired(rec: Record) -> dict:
+    p = rec.paired
+    return {"paired_ratio": None if p is None else p.ratio, "paired_pairs": None if p is None else p.pairs,
+            "paired_skipped": None if p is None else p.skipped}
+
+
 def _comm(rec: Record) -> dict:
     c = rec.comm
     return {f"{k}_bytes": None if c is None else getattr(c, f"{k}_bytes_per_step")
@@ -145,7 +151,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "precision": config_value(rec, "train.precision"), "lr": config_value(rec, "train.lr"),
         "phases": config_value(rec, "train.phases"), "target_loss": config_value(rec, "train.target_loss"),
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
-        **_attribution(rec), **_search(rec), **_comm(rec), "tokens_per_step": _tokens(rec),
+        **_attribution(rec), **_search(rec), **_comm(rec), **_paired(rec), "tokens_per_step": _tokens(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
     }
 
@@ -173,15 +179,19 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 continue
             try:
                 rows.append(flatten(read_record(path), path))
-                # The timed steps themselves: the bootstrap behind every ratio's interval.
-                rows[-1]["step_samples"] = [r["step_ms"] for r in read_steps(job / STEPS)
+                # The timed steps themselves, and the paired baseline's pairs (own / full): the
+                # samples behind every ratio's interval.
+                steps = read_steps(job / STEPS)
+                rows[-1]["step_samples"] = [r["step_ms"] for r in steps
                                             if r.get("kind") == "timed" and r.get("step_ms") is not None]
+                rows[-1]["paired_samples"] = [r["step_ms"] / r["base_ms"] for r in steps if r.get("kind") == "paired"
+                                              and r.get("step_ms") and r.get("base_ms")]
             except RecordError as e:
                 rows.append({"path": str(job), "status": "unreadable", "reason": str(e)})
                 if warn:
                     warn(f"skipped: {e}")
     df = pd.DataFrame(rows)
-    missing = [c for c in [*COLUMNS, "step_samples"] if c not in df]
+    missing = [c for c in [*COLUMNS, "step_samples", "paired_samples"] if c not in df]
     # One join, not a column at a time: every column a record could have, None where it has none.
     return pd.concat([df, pd.DataFrame({c: [None] * len(df) for c in missing}, index=df.index)], axis=1)
 

@@ -43,11 +43,12 @@ def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
         "step ms": [_f(x) for x in agg.step_ms],
         "spread ms": [f"{_f(a)}-{_f(b)}" for a, b in zip(agg.spread_lo, agg.spread_hi)],
         "repeats": agg.repeats,
+        "compared": agg.get("compared", [""] * len(agg)),
         "vs full": [_f(x, ".2f", suffix="x") for x in agg.get("vs_full", nan)],
         "95% interval": [f"{_f(a)}-{_f(b)}" if a == a else "" for a, b in zip(agg.get("vs_full_lo", nan),
                                                                             agg.get("vs_full_hi", nan))],
-        "verdict": [{"slower": "slower", "faster": "faster", "same": "no difference"}.get(v, "")
-                    for v in agg.get("verdict", [""] * len(agg))],
+        "verdict": [{"slower": "slower", "faster": "faster", "same": "no difference",
+                     "unjudged": "not judged (1 repeat)"}.get(v, "") for v in agg.get("verdict", [""] * len(agg))],
         "predicted vs full": [_f(x, ".2f", suffix="x") for x in agg.get("predicted_vs_full", [np.nan] * len(agg))],
         "tokens/s": [_f(x, ",.0f") for x in agg.tokens_per_s],
         "forward ms": [_f(x) for x in agg.forward_ms],
@@ -92,8 +93,13 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
     blocks = [("h3", "Time"), ("table", timing),
               ("p", "step ms: median of the timed steps (median over repeats). spread ms: the range of the "
                     "repeats' medians where a configuration has several, else the p10-p90 of its timed steps. "
-                    "95% interval: of the ratio to full fine-tuning, by a bootstrap over repeats and steps; "
-                    "a verdict needs the whole interval on one side of 1 and a difference of at least "
+                    "vs full: the ratio to full fine-tuning; compared paired: each LoRA job's steps against full "
+                    "fine-tuning's, stepped in turn in the same job (bench/measure/paired.py), so that the host's "
+                    "drift between jobs cancels; by job: one job's steps against another's. 95% interval: a t "
+                    "interval over repeats on the log scale, assuming the noise between repeats is alike across "
+                    "this setting's configurations (pooled) and log-normal; with one "
+                    "repeat only the job's own steps are resampled, which cannot see that noise, so no verdict is "
+                    "drawn. A verdict needs the whole interval on one side of 1 and a difference of at least "
                     f"{stats.MIN_EFFECT:.0%}."),
               ("h3", "Memory and work"), ("table", work),
               ("h3", "Loss"), ("table", loss)]
