@@ -53,11 +53,39 @@ def record(strategy="full", rank=None, step=20.0, spread=(19.0, 21.0), fwd=6.0, 
     return rec
 
 
+def repeats(n=3, jitter=0.01, **kw) -> list[dict]:
+    """The same configuration measured n times (repeat 0..n-1), its step time moved by -jitter, 0,
+    +jitter, ... (relative) from one repeat to the next: the noise between jobs the intervals need."""
+    out = []
+    for r in range(n):
+        f = 1 + jitter * (r - (n - 1) / 2)
+        step, (lo, hi) = kw.get("step", 20.0), kw.get("spread", (19.0, 21.0))
+        out.append(record(**{**kw, "step": step * f, "spread": (lo * f, hi * f), "repeat": r}))
+    return out
+
+
+def paired(rec: dict, ratios: list[float], base_ms: float = 20.0) -> dict:
+    """`rec` with a paired section; write() puts one steps.jsonl row of kind paired per ratio."""
+    import statistics
+
+    own = [r * base_ms for r in ratios]
+    stat = lambda xs: {"median": statistics.median(xs), "mean": statistics.fmean(xs), "p10": min(xs),  # noqa: E731
+                       "p90": max(xs), "std": statistics.pstdev(xs)}
+    return {**rec, "paired": {"baseline": "full", "pairs": len(ratios), "ratio": statistics.median(ratios),
+                              "own_ms": stat(own), "base_ms": stat([base_ms] * len(ratios)), "order": "ABBA",
+                              "skipped": None}, "_pair_ratios": list(ratios), "_base_ms": base_ms}
+
+
 def write(root: Path, name: str, rec) -> Path:
     """A job directory with the record and, for an ok record, 11 timed steps whose median is the
-    record's median step and whose ends are its p10 and p90 (the bootstrap reads these)."""
+    record's median step and whose ends are its p10 and p90 (the bootstrap reads these), and
+    its paired rows where it has a paired section."""
     d = Path(root) / name
     d.mkdir(parents=True, exist_ok=True)
+    pairs = base_ms = None
+    if isinstance(rec, dict):
+        rec = dict(rec)
+        pairs, base_ms = rec.pop("_pair_ratios", None), rec.pop("_base_ms", None)
     text = rec if isinstance(rec, str) else json.dumps(rec)
     (d / "metrics.json").write_text(text)
     if isinstance(rec, dict) and rec["status"] == "ok":
@@ -68,6 +96,8 @@ def write(root: Path, name: str, rec) -> Path:
         for i, ms in enumerate(times):
             elapsed += ms / 1e3
             rows.append({"step": i + 2, "kind": "timed", "loss": 5.5 - 0.1 * i, "step_ms": ms, "elapsed_s": elapsed})
+        rows += [{"step": k, "kind": "paired", "step_ms": r * base_ms, "base_ms": base_ms}
+                 for k, r in enumerate(pairs or [])]
         (d / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
 

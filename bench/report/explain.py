@@ -68,7 +68,7 @@ def estimates(agg: pd.DataFrame) -> list:
     f = agg[agg.strategy == "full"].iloc[0]
     paired = [r for _, r in agg.iterrows() if _is_paired(r)]
     pooled_p = stats.pooled_variance([[np.median(x) for x in r.paired_logs] for r in paired])
-    pooled_j = stats.pooled_variance([np.log([np.median(s) for s in r.samples if len(s)]) for _, r in agg.iterrows()])
+    pooled_j = stats.pooled_variance([np.log(r.repeat_ms) for _, r in agg.iterrows()])
     out = []
     for _, r in agg.iterrows():
         if r.strategy == "full":
@@ -76,7 +76,7 @@ def estimates(agg: pd.DataFrame) -> list:
         elif _is_paired(r):
             out.append(stats.paired_estimate(r.paired_logs, pooled_p))
         else:
-            out.append(stats.job_estimate(r.samples, f.samples, pooled_j))
+            out.append(stats.job_estimate(r.repeat_ms, f.repeat_ms, pooled_j, r.samples, f.samples))
     return out
 
 
@@ -101,6 +101,7 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
         **{c: med(c) for c in _MEDIANS},
         "loss_drop": drop, "loss_gain_per_s": ((g.eval_start - g.eval_end) / g.train_s).median(),
         "samples": [np.asarray(s if isinstance(s, list) else [], dtype=float) for s in g.step_samples],
+        "repeat_ms": [float(x) for x in g.step_ms],
         "paired_logs": [np.log(np.asarray(s, dtype=float)) for s in g.paired_samples if isinstance(s, list) and s],
         # Sweeps (folders of jobs) the repeats come from: a report may combine several.
         "runs": len({str(Path(p).parent) for p in g.path}),

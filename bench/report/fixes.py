@@ -24,19 +24,23 @@ def _fix(row) -> str:
     return " + ".join(parts) or "none"
 
 
-def _ratio(g: pd.DataFrame, base: pd.DataFrame) -> tuple[float, tuple | None, str]:
+def _ratio(g: pd.DataFrame, base: pd.DataFrame, pooled: tuple[float, int]) -> tuple[float, tuple | None, str]:
+    """Job against job (a fix changes how the step runs: no paired baseline runs the same way)."""
     if base.empty:
         return np.nan, None, ""
-    ratio = g.step_ms.median() / base.step_ms.median()
-    interval = stats.ratio_interval(list(g.step_samples), list(base.step_samples))
-    return ratio, interval, stats.verdict(ratio, interval)
+    e = stats.job_estimate(list(g.step_ms), list(base.step_ms), pooled,
+                           [np.asarray(x, dtype=float) for x in g.step_samples],
+                           [np.asarray(x, dtype=float) for x in base.step_samples])
+    if e is None:
+        return np.nan, None, ""
+    return e.ratio, (e.lo, e.hi), stats.verdict(e.ratio, (e.lo, e.hi), e.calibrated)
 
 
 def _text(ratio: float, interval, verdict: str) -> str:
     if ratio != ratio:
         return ""
     span = f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
-    word = {"slower": "slower", "faster": "faster", "same": "no difference"}[verdict]
+    word = {"slower": "slower", "faster": "faster", "same": "no difference", "unjudged": "not judged (1 repeat)"}[verdict]
     return f"{ratio:.2f}x{span}, {word}"
 
 
@@ -50,10 +54,12 @@ def fixes_table(ok: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(fix=[_fix(r) for _, r in ok.iterrows()], config=[strategy_label(r) for _, r in ok.iterrows()])
     plain_full = ok[(ok.strategy == "full") & (ok.fix == "none")]
     rows = []
-    for (config, fix), g in ok.groupby(["config", "fix"], sort=False):
+    groups = ok.groupby(["config", "fix"], sort=False)
+    pooled = stats.pooled_variance([np.log(g.step_ms.to_numpy(dtype=float)) for _, g in groups])
+    for (config, fix), g in groups:
         same_mode_full = ok[(ok.strategy == "full") & (ok["mode"] == g["mode"].iloc[0])]
-        r_plain = _ratio(g, plain_full)
-        r_same = _ratio(g, same_mode_full) if g.strategy.iloc[0] != "full" else (np.nan, None, "")
+        r_plain = _ratio(g, plain_full, pooled)
+        r_same = _ratio(g, same_mode_full, pooled) if g.strategy.iloc[0] != "full" else (np.nan, None, "")
         rows.append({"configuration": config, "fix": fix, "step ms": f"{g.step_ms.median():.2f}",
                      "vs plain full": _text(*r_plain), "vs full with the same mode": _text(*r_same),
                      "compile s": "" if g.compile_s.isna().all() else f"{g.compile_s.median():.1f}",
@@ -85,7 +91,9 @@ def fix_blocks(df: pd.DataFrame) -> list[tuple]:
         blocks.insert(0, ("h2", "Fixes: does each one remove LoRA's slowdown, and at what cost?"))
         blocks.insert(1, ("p", "Each configuration's median step time against full fine-tuning run plainly "
                                "(eager, the usual baseline) and against full fine-tuning run with the same mode "
-                               "(compiled or CUDA graphs), with 95% bootstrap intervals. Compile s: compiling or "
+                               "(compiled or CUDA graphs), job against job, with 95% t intervals over repeats (the "
+                               "variance between repeats pooled over the table; one repeat: not judged). Compile s: "
+                               "compiling or "
                                "capturing, off every clock. Ops/step: aten operations unless the kind is given "
                                "(profiled: the profiled step's top-level calls, compiled graphs among them). "
                                "Peak MiB: the device's peak allocation; on a CPU the process's RSS high-water "
@@ -97,7 +105,8 @@ def fix_blocks(df: pd.DataFrame) -> list[tuple]:
 def _fix_findings(table: pd.DataFrame) -> list[str]:
     out = []
     for _, r in table[table._strategy != "full"].iterrows():
-        state = {"slower": "still slower than", "faster": "faster than", "same": "level with"}.get(r._verdict_same)
+        state = {"slower": "still slower than", "faster": "faster than", "same": "level with",
+                 "unjudged": "not judged against"}.get(r._verdict_same)
         if state is None:
             continue
         out.append(f"{r.configuration} with fix {r.fix}: {state} full fine-tuning run the same way "

@@ -127,17 +127,20 @@ def paired_estimate(repeat_logs: list[np.ndarray], pooled: tuple[float, int]) ->
     return Estimate(math.exp(center), lo, hi, True, "paired", n)
 
 
-def job_estimate(config: list[np.ndarray], full: list[np.ndarray], pooled: tuple[float, int]) -> Estimate | None:
-    """From each side's timed steps, one array per repeat (jobs compared with jobs); `pooled`:
-    pooled_variance over the setting's per-repeat log median steps."""
-    yc = np.log([np.median(s) for s in config if len(s)])
-    yf = np.log([np.median(s) for s in full if len(s)])
+def job_estimate(config_ms: list[float], full_ms: list[float], pooled: tuple[float, int],
+                 config_steps: list[np.ndarray], full_steps: list[np.ndarray]) -> Estimate | None:
+    """Jobs compared with jobs: each side's median step per repeat; `pooled`: pooled_variance over
+    the setting's per-repeat log medians. With one repeat everywhere, the interval comes from the
+    timed steps (one array per repeat) and is not calibrated."""
+    yc, yf = np.log(np.asarray(config_ms, dtype=float)), np.log(np.asarray(full_ms, dtype=float))
     if not len(yc) or not len(yf):
         return None
     center = float(yc.mean() - yf.mean())
     var, df = pooled
     if df == 0:
-        interval = ratio_interval(config, full)
+        interval = ratio_interval(config_steps, full_steps)
+        if interval is None:
+            return None
         return Estimate(math.exp(center), *interval, False, "by job", len(yc))
     lo, hi = _t_interval(center, var, df, 1 / (1 / len(yc) + 1 / len(yf)))
     return Estimate(math.exp(center), lo, hi, True, "by job", len(yc))

@@ -1,17 +1,21 @@
 
 from bench.report.explain import aggregate, explain, unstable_jobs, verdict
 from bench.report.load import load_records
-from tests.fixtures import FAST_BY_OPTIMIZER, FULL_BIG_OPT, SLOW_BY_OPS, record, write
+import numpy as np
+import pytest
+
+from tests.fixtures import FAST_BY_OPTIMIZER, FULL_BIG_OPT, SLOW_BY_OPS, paired, record, repeats, write
 
 
 def _agg(tmp_path, *recs):
-    for i, rec in enumerate(recs):
+    flat = [r for rec in recs for r in (rec if isinstance(rec, list) else [rec])]
+    for i, rec in enumerate(flat):
         write(tmp_path, str(i), rec)
     return aggregate(load_records([tmp_path])).set_index("label", drop=False)
 
 
 def test_slower_because_of_extra_operations(tmp_path):
-    agg = _agg(tmp_path, record(), record(**SLOW_BY_OPS))
+    agg = _agg(tmp_path, repeats(), repeats(**SLOW_BY_OPS))
     text = explain(agg.loc["lora_all r=8"], agg.loc["full"])
     assert "1.50x slower than full fine-tuning" in text
     assert "the extra operations (+10.00 ms)" in text      # the dominant term, priced
@@ -20,7 +24,7 @@ def test_slower_because_of_extra_operations(tmp_path):
 
 
 def test_faster_because_of_the_optimizer(tmp_path):
-    agg = _agg(tmp_path, record(**FULL_BIG_OPT), record(**FAST_BY_OPTIMIZER))
+    agg = _agg(tmp_path, repeats(**FULL_BIG_OPT), repeats(**FAST_BY_OPTIMIZER))
     text = explain(agg.loc["lora_qk r=8"], agg.loc["full"])
     assert "1.54x faster than full fine-tuning" in text
     assert "the optimizer time it saves (-7.00 ms)" in text
@@ -29,8 +33,33 @@ def test_faster_because_of_the_optimizer(tmp_path):
 
 
 def test_overlapping_spreads_are_no_measurable_difference(tmp_path):
-    agg = _agg(tmp_path, record(spread=(18, 24)), record(strategy="lora_qk", rank=2, step=21.0, spread=(19, 25)))
+    agg = _agg(tmp_path, repeats(jitter=0.1, spread=(18, 24)),
+               repeats(jitter=0.1, strategy="lora_qk", rank=2, step=21.0, spread=(19, 25)))
     assert "no measurable difference" in explain(agg.loc["lora_qk r=2"], agg.loc["full"])
+
+
+def test_one_repeat_is_not_judged(tmp_path):
+    # Tight steps, 1.5x: but nothing measured the noise between jobs.
+    agg = _agg(tmp_path, record(), record(**SLOW_BY_OPS))
+    row = agg.loc["lora_all r=8"]
+    assert row.verdict == "unjudged" and not row.calibrated and row.vs_full_lo > 1.4
+    text = explain(row, agg.loc["full"])
+    assert "lora_all r=8: not judged (30.00 vs 20.00 ms per step, 1.50x" in text and "1 repeat, by job" in text
+    assert "repeats=2 or more measures it" in text and "Slower than" not in verdict(agg)
+
+
+def test_paired_repeats_give_the_ratio_and_a_t_interval_over_repeats(tmp_path):
+    # Each repeat's pairs: median ratio 1.10, 1.12, 1.14; the job-level step times say 1.5x.
+    recs = [paired(r, [m - 0.01, m, m + 0.01]) for r, m in zip(repeats(**SLOW_BY_OPS), (1.10, 1.12, 1.14))]
+    agg = _agg(tmp_path, repeats(), recs)
+    row = agg.loc["lora_all r=8"]
+    assert row.compared == "paired" and row.calibrated and row.verdict == "slower"
+    logs = np.log([1.10, 1.12, 1.14])
+    # The pool is the paired configurations' repeat medians: this one only, 2 degrees of freedom.
+    half = 4.3027 * logs.std(ddof=1) / np.sqrt(3)
+    assert row.vs_full == pytest.approx(np.exp(logs.mean()))
+    assert (row.vs_full_lo, row.vs_full_hi) == pytest.approx(np.exp([logs.mean() - half, logs.mean() + half]), rel=1e-3)
+    assert "3 repeats, paired" in explain(row, agg.loc["full"])
 
 
 def test_repeats_are_aggregated_and_full_is_one_row(tmp_path):
@@ -39,11 +68,12 @@ def test_repeats_are_aggregated_and_full_is_one_row(tmp_path):
     assert list(agg.label) == ["full", "lora_all r=8"]
     full = agg.loc["full"]
     assert full.repeats == 3 and full.step_ms == 22 and (full.spread_lo, full.spread_hi) == (20, 30)
-    assert agg.loc["lora_all r=8"].vs_full == 30 / 22
+    # Job against job: the ratio of the sides' geometric means over repeats.
+    assert agg.loc["lora_all r=8"].vs_full == pytest.approx(30 / (20 * 22 * 30) ** (1 / 3))
 
 
 def test_verdict_names_fastest_least_memory_and_slow_lora(tmp_path):
-    agg = _agg(tmp_path, record(), record(**SLOW_BY_OPS), record(**FAST_BY_OPTIMIZER))
+    agg = _agg(tmp_path, repeats(), repeats(**SLOW_BY_OPS), repeats(**FAST_BY_OPTIMIZER))
     text = verdict(agg)
     assert "Fastest: lora_qk r=8 (13.00 ms" in text
     # Both LoRA configurations hold exactly the same bytes: a tie, not a winner.
@@ -54,8 +84,8 @@ def test_verdict_names_fastest_least_memory_and_slow_lora(tmp_path):
 
 def test_a_small_or_uncertain_difference_is_no_verdict(tmp_path):
     # 3% slower with tight steps: the interval lies above 1, but the effect is under the 5% minimum.
-    agg = _agg(tmp_path, record(spread=(19.9, 20.1)), record(strategy="lora_qk", rank=8, step=20.6,
-                                                            spread=(20.5, 20.7)))
+    agg = _agg(tmp_path, repeats(jitter=0.001, spread=(19.9, 20.1)),
+               repeats(jitter=0.001, strategy="lora_qk", rank=8, step=20.6, spread=(20.5, 20.7)))
     row = agg.loc["lora_qk r=8"]
     assert row.vs_full_lo > 1 and row.verdict == "same"
     assert "no measurable difference" in explain(row, agg.loc["full"])

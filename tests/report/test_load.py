@@ -10,7 +10,7 @@ def test_rows_carry_the_plan_facts_and_the_figures(tmp_path):
     write(tmp_path, "1", record(**SLOW_BY_OPS))
     write(tmp_path, "2", record(strategy="lora_all", rank=8, stops_early=True, step=12.0, spread=(11.0, 13.0)))
     df = load_records([tmp_path])
-    assert list(df.columns) == [*COLUMNS, "step_samples"] and list(df.status) == ["ok"] * 3
+    assert list(df.columns) == [*COLUMNS, "step_samples", "paired_samples"] and list(df.status) == ["ok"] * 3
     assert df.step_samples[0][:2] == [19.0, 19.2] and len(df.step_samples[0]) == 11  # read from steps.jsonl
     rows = {p.rsplit("/", 1)[-1]: r for p, r in df.set_index("path").iterrows()}
     assert rows["0"].uses_lora is False and rows["1"].uses_lora is True and rows["1"].backend == "native"
