@@ -52,10 +52,11 @@ def preflight(argv: list[str]) -> None:
             _fail(f"{arg}: {str(e).splitlines()[0]} (see Hydra's override grammar)")
 
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
-    first_values = []
+    first_values, hydra_lines = [], []
     for o in overrides:
         key = o.key_or_group
         if key.startswith("hydra"):
+            hydra_lines.append(o.input_line)  # for the output directory's check below
             continue
         if o.is_sweep_override():
             try:
@@ -79,10 +80,31 @@ def preflight(argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            compose("config", overrides=first_values)
+            cfg = compose("config", overrides=[*first_values, *hydra_lines], return_hydra_config=True)
     except Exception as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         _fail(" ".join(lines[:2]) if lines else type(e).__name__)
+    multirun = any(a in ("-m", "--multirun") for a in argv) or cfg.hydra.mode == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    problem = unwritable(Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)))
+    if problem:
+        _fail(f"{key}: {problem}")
+
+
+def unwritable(path: Path) -> str | None:
+    """Why an output directory cannot be made and written (None: it can), found before any job runs:
+    a trial folder is made and removed in the deepest part of the path that exists."""
+    import tempfile
+
+    path = path.absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        return f"{path} cannot be made: {existing} is not a directory"
+    try:
+        Path(tempfile.mkdtemp(prefix=".lora-bench-check-", dir=existing)).rmdir()
+    except OSError as e:
+        return f"{path} cannot be made or written ({e.strerror or e} in {existing})"
+    return None
 
 
 REPORT_FAILED: list[Path] = []  # sweeps whose report failed in this process: the sweep exits 1
@@ -94,8 +116,10 @@ SWEPT_ELSEWHERE: list[str] = []
 def report_sweep(sweep_dir: Path) -> bool:
     """Build a sweep's report from its records on disk (Hydra hands the callback no results).
     A report that fails is one line on stderr and a non-zero exit; the records stay on disk."""
+    from bench import signals
     from bench.report import build_report
 
+    signals.point("report")
     try:
         print(f"report: {build_report([sweep_dir], sweep_dir / 'report')}", flush=True)
         return True

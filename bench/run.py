@@ -81,14 +81,15 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
+    signals.point("job_start")
+    if multirun and Path(hc.sweep.dir) not in SWEEP_DIRS:  # first: an interrupt below still reports the sweep
+        SWEEP_DIRS.append(Path(hc.sweep.dir))
     if signals.requested():  # a signal between jobs stops the sweep here, with this job's record
         node = to_node(cfg)
         write_record(out_dir / METRICS, Record(status="interrupted", identity=identity(node, list(hc.overrides.task)),
                                                config=node, outcome=Outcome(reason="interrupted before it started")))
         FINISHED.append(("interrupted", multirun))
         signals.check()
-    if multirun:
-        SWEEP_DIRS.append(Path(hc.sweep.dir))
     if multirun and cfg.resume is True:
         node = to_node(cfg)
         ident = identity(node)
@@ -116,6 +117,7 @@ def main(cfg: DictConfig) -> None:
     if multirun:
         _remember(Path(hc.sweep.dir), rec, out_dir / METRICS)
     FINISHED.append((rec.status, multirun))
+    signals.point("job_end")
     signals.check()
 
 
@@ -167,17 +169,31 @@ def cli() -> None:
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
     _skip_batch_validation()
+    signals.point("preflight")
     try:
         signals.check()
         main()
     except KeyboardInterrupt:
-        print("interrupted: the record of the running job was written; the sweep stopped" if SWEEP_DIRS or FINISHED
-              else "interrupted before any job started", file=sys.stderr)
+        print(_interrupted_message(), file=sys.stderr)
         if SWEEP_DIRS:  # Hydra skips on_multirun_end after an interrupt: report what was measured
             report_sweep(SWEEP_DIRS[-1])
+        signals.final()
         sys.exit(130)
     finished = FINISHED or [(status, True) for status in SWEPT_ELSEWHERE]  # jobs in other processes
-    sys.exit(exit_code(finished, report_ok=not REPORT_FAILED, stopped=signals.requested()))
+    code = exit_code(finished, report_ok=not REPORT_FAILED, stopped=signals.final())
+    signals.point("exit")
+    sys.exit(code)
+
+
+def _interrupted_message() -> str:
+    if not (SWEEP_DIRS or FINISHED):
+        return "interrupted before any job started"
+    if not SWEEP_DIRS:
+        return "interrupted: the job's record was written"
+    sweep = SWEEP_DIRS[-1]
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
+    return (f"interrupted: the record of the running job was written; the sweep stopped. Resume it (jobs already "
+            f"measured are skipped): python -m bench.run {' '.join(args)} hydra.sweep.dir={sweep}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ line at its end. A second signal stops at once, for a step that never ends.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -44,3 +45,25 @@ def check() -> None:
     """At a safe point: stop here if a signal came."""
     if _received:
         raise KeyboardInterrupt(f"signal {_received[0]}")
+
+
+def final() -> bool:
+    """The last check before the process exits: the default handlers go back first, so a signal
+    from here on ends the process as a signal does (the shell sees it), and one that came before
+    is in the flag. Between a last look at the flag and the interpreter's exit (finalisers, torch's
+    teardown: a few hundred ms) a signal was otherwise set as a flag nobody read, and a sweep
+    interrupted then exited 0."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    return bool(_received)
+
+
+# Fault injection for the tests: LORA_BENCH_SIGNAL_AT=<phase> makes the process send itself SIGINT
+# when it reaches that phase (tests/test_signals.py drives every phase this way, deterministically).
+PHASES = ("preflight", "job_start", "timed_step", "paired_step", "job_end", "report", "exit")
+
+
+def point(phase: str) -> None:
+    if os.environ.get("LORA_BENCH_SIGNAL_AT") == phase:
+        os.environ.pop("LORA_BENCH_SIGNAL_AT")  # once: the first time the phase is reached
+        os.kill(os.getpid(), signal.SIGINT)

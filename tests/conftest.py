@@ -7,9 +7,10 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
-# Overrides that make a job take a second on tiny: tests check numbers, not speed.
+# Overrides that make a job take a second on tiny: tests check numbers, not speed. One repeat (a
+# sweep's default is three) and a short paired baseline.
 FAST = ["device=cpu", "train.steps=3", "train.warmup_steps=1", "train.eval_batches=1", "train.batch_size=2",
-        "train.seq_len=16", "train.progress=false"]
+        "train.seq_len=16", "train.progress=false", "repeat=0", "train.paired_steps=3"]
 
 
 def compose_cfg(overrides=()):

@@ -88,7 +88,7 @@ def write(root: Path, name: str, rec) -> Path:
         pairs, base_ms = rec.pop("_pair_ratios", None), rec.pop("_base_ms", None)
     text = rec if isinstance(rec, str) else json.dumps(rec)
     (d / "metrics.json").write_text(text)
-    if isinstance(rec, dict) and rec["status"] == "ok":
+    if isinstance(rec, dict) and rec["status"] == "ok" and (rec.get("time") or {}).get("step_ms", {}).get("median"):
         st = rec["time"]["step_ms"]
         mid, lo, hi = st["median"], st["p10"] or st["median"], st["p90"] or st["median"]
         times = [lo + (mid - lo) * k / 5 for k in range(5)] + [mid] + [mid + (hi - mid) * k / 5 for k in range(1, 6)]

@@ -27,3 +27,20 @@ def test_every_config_composes_and_validates(cfg_of, group, option):
     extra = {"jsonl": ["data.path=/dev/null"], "hf": ["model.path=/some/local/model"]}.get(option, [])
     cfg = cfg_of(f"{group}={option}", *extra)
     assert getattr(cfg, group).name == option
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["hydra.run.dir=/proc/nope"], "error: hydra.run.dir: /proc/nope cannot be made or written"),
+    (["-m", "strategy=full", "hydra.sweep.dir=/proc/nope/x"], "error: hydra.sweep.dir: /proc/nope/x cannot be"),
+])
+def test_an_output_directory_that_cannot_be_made_is_one_line(args, needle):
+    res = run_cli([*args, *FAST], cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert res.stderr.startswith(needle)
+
+
+def test_an_output_directory_below_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    res = run_cli([f"hydra.run.dir={tmp_path / 'afile' / 'run'}", *FAST], cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and f"{tmp_path / 'afile'} is not a directory" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -51,7 +51,7 @@ def test_a_part_that_overruns_is_stopped_at_the_deadline_and_keeps_what_it_finis
     sweep = tmp_path / "sweep"
     part = gpu_check.Part("long", "an overrunning sweep", 1,
                           [sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_all,lora_qk,lora_last",
-                           "lora.rank=2,4,8,16,32", *gpu_check.TINY, "train.steps=200", f"hydra.sweep.dir={sweep}"],
+                           "lora.rank=2,4,8,16,32", "repeat=0", *gpu_check.TINY, "train.steps=200", f"hydra.sweep.dir={sweep}"],
                           study="sweep")
     t0 = time.monotonic()
     outcome = gpu_check.run_part(part, deadline=t0 + 25, log=tmp_path / "log", grace=6)

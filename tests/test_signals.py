@@ -34,3 +34,30 @@ def test_uninstall_restores_the_handlers():
     signals.install()
     signals.uninstall()
     assert signal.getsignal(signal.SIGINT) is before and not signals.requested()
+
+
+@pytest.mark.parametrize("phase", signals.PHASES)
+def test_a_sigint_in_any_phase_of_a_sweep_is_never_lost(tmp_path, phase):
+    """Deterministic: the process signals itself when it reaches `phase` (bench/signals.py point())."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import FAST, ROOT
+
+    sweep = tmp_path / "sweep"
+    res = subprocess.run([sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_qk", *FAST,
+                          f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LORA_BENCH_SIGNAL_AT": phase})
+    # After the last check the default handler is back: the signal ends the process as a signal.
+    assert res.returncode == (-signal.SIGINT if phase == "exit" else 130), (phase, res.stderr[-1500:])
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr[-1500:]
+    records = [json.loads(p.read_text()) for p in sweep.glob("[0-9]*/metrics.json")]
+    assert {r["status"] for r in records} <= {"ok", "interrupted"}
+    if phase == "preflight":
+        assert not records
+    else:
+        assert records and (sweep / "report" / "report.md").exists()
+    if phase in ("job_start", "timed_step", "paired_step", "job_end"):
+        assert f"Resume it (jobs already measured are skipped): python -m bench.run" in res.stderr
+        assert f"hydra.sweep.dir={sweep}" in res.stderr

@@ -15,11 +15,11 @@ from tests.conftest import reported, ROOT, compose_cfg, run_cli
 GRIDS = {
     "minimind_88": (15, 15), "minimind_88_cpu": (15, 15),
     "minimind_square": (12, 10),   # 2 repeats x (full once + lora_square and lora_attn at 2 ranks)
-    "crossover": (90, 90), "crossover_gpu": (48, 48),
-    "rank_sweep": (27, 19),        # full once + 2 strategies x 9 ranks
+    "crossover": (180, 180), "crossover_gpu": (96, 96),  # 2 repeats x the map
+    "rank_sweep": (81, 57),        # 3 repeats (the default) x (full once + 2 strategies x 9 ranks)
     "depth": (16, 10),             # 2 repeats x (full once + 4 depths)
     "dropout": (12, 9),            # 3 repeats x (full once + 2 dropouts)
-    "init": (24, 13),              # full once + 2 inits x 2 scalings x 3 LoRA+ ratios
+    "init": (72, 39),              # 3 repeats x (full once + 2 inits x 2 scalings x 3 LoRA+ ratios)
     "overhead": (10, 10),
     "backends": (72, 72),          # 3 repeats x 2 strategies x 2 ranks x 2 alphas x (eager, fused, peft)
     "fixes": (36, 30),             # 3 repeats x 2 cells x (full: eager = fused, compiled; lora_all x 3 fixes)

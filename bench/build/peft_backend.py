@@ -21,9 +21,6 @@ def apply_peft(model: nn.Module, strategy: Strategy, lora: LoraConfig, peft_cfg:
     except ImportError:
         raise ConfigError("lora.backend", "lora.backend=peft needs the hf extra: pip install -e \".[hf]\"") from None
     adapted, trained = [], []
-    if strategy.train_all:
-        raise ConfigError("lora.backend", "strategy=full trains every parameter: it has nothing for PEFT to do; "
-                                          "use lora.backend=native")
     notes = []
     if strategy.uses_lora:
         targets = select_targets(model, strategy, lora)

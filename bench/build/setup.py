@@ -94,12 +94,14 @@ def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:
 
 def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict]:
     strategy = get_strategy(cfg.strategy.name)
-    if cfg.lora.backend == "peft":
+    if cfg.lora.backend == "peft" and not strategy.train_all:
         from bench.build.peft_backend import apply_peft, peft_adapter_params
 
         model, plan = apply_peft(model, strategy, cfg.lora, cfg.peft)
         return model, plan, peft_adapter_params(model)
     plan = apply_strategy(model, strategy, cfg.lora)
+    if not strategy.uses_lora:  # a sweep over LoRA keys runs this strategy once (bench/job.py config_key)
+        plan.notes.append(f"the lora.* keys (backend, impl, rank, alpha, ...) do not apply to strategy={strategy.name}")
     return model, plan, adapter_params(model)
 
 

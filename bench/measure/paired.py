@@ -80,13 +80,15 @@ def _pairs(cfg: BenchConfig, s: Setup, own: Trainer, base: Trainer, log: StepLog
     timer = StepTimer(s.device, phases=False)  # whole steps: phase borders would add syncs to both sides
     for micro in batches[:BASE_WARMUP]:
         base.step(micro, timer)
-    own_ms, base_ms = [], []
+    own_ms, base_ms, loss = [], [], {}
     for k, micro in enumerate(batches[BASE_WARMUP:]):
         turns = [(own, own_ms), (base, base_ms)]
         for trainer, out in (turns if k % 2 == 0 else turns[::-1]):
-            out.append(trainer.step(micro, timer)[1]["step_ms"])
-        log.write({"step": k, "kind": "paired", "step_ms": own_ms[-1], "base_ms": base_ms[-1],
+            loss[id(trainer)], timings = trainer.step(micro, timer)
+            out.append(timings["step_ms"])
+        log.write({"step": k, "kind": "paired", "loss": loss[id(own)], "step_ms": own_ms[-1], "base_ms": base_ms[-1],
                    "first": "own" if k % 2 == 0 else "base"})
+        signals.point("paired_step")
         signals.check()
     ratios = np.asarray(own_ms) / np.asarray(base_ms)
     return Paired(pairs=len(ratios), ratio=float(np.median(ratios)), own_ms=stats(own_ms), base_ms=stats(base_ms))

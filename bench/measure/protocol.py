@@ -198,6 +198,8 @@ def _train(cfg: BenchConfig, s: Setup, trainer: Trainer, figures: JobFigures, lo
             if evaluate:
                 figures.on_eval(trainer.evaluate(s.eval_batches))
             bar.update(1)
+            if kind == "timed":
+                signals.point("timed_step")
             signals.check()  # Ctrl-C or SIGTERM: stop here, between steps, with the record intact
     finally:
         bar.close()

@@ -15,7 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-SCHEMA = 2
+from bench.record.schema1 import upgrade_1
+
+SCHEMA = 2  # bench/record/schema1.py upgrades schema 1 to this
 STATUSES = ("ok", "invalid", "oom", "diverged", "interrupted", "error", "duplicate")
 
 
@@ -149,10 +151,8 @@ class Time:
 
 @dataclass
 class Paired:
-    """The job's own step against full fine-tuning's of the same setting, stepped in turn in the
-    same process after the job's own measurement (bench/measure/paired.py): a host that drifts
-    between jobs slows both sides of a pair alike. The per-pair times are steps.jsonl rows of kind
-    `paired`. `skipped`: why no pair was measured (the baseline did not fit, a compiled step)."""
+    """The job's steps against full fine-tuning's, in turn in one process (bench/measure/paired.py);
+    each pair is a steps.jsonl row of kind `paired`. `skipped`: why no pair was measured."""
     baseline: str = "full"
     pairs: int = 0
     ratio: Optional[float] = None  # median over pairs of own / baseline step time
@@ -373,40 +373,3 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
     if not ok(value):
         raise RecordError(f"{key}: expected {tp.__name__}, got {value!r:.40}")
     return float(value) if tp is float else value
-
-
-# Schema 1 -------------------------------------------------------------------------------------
-# Facts about the strategies as they stood when schema-1 records were written: lora_all was the
-# only strategy that read lora.include_head, and lora_last and head_only stopped backward early
-# (as does any LoRA restricted by lora.layers). New records carry these facts in their plan.
-_V1_EARLY_STOP = {"lora_last", "head_only"}
-_V1_OUTCOME = ("reason", "key", "failed_step", "last_finite_loss", "oom_where", "traceback", "same_as")
-
-
-def upgrade_1(old: dict) -> dict:
-    """A schema-1 record rewritten as schema 2, with the same figures."""
-    cfg = old.get("config") or {}
-    lora = cfg.get("lora") or {}
-    strategy, rank = old.get("strategy"), old.get("rank")
-    new = {"schema": SCHEMA, "status": old.get("status"), "config": cfg,
-           "identity": {"config_key": old.get("config_key") or "", "strategy": strategy, "rank": rank,
-                        "model": old.get("model"), "backend": lora.get("backend", "native") if rank else None,
-                        "include_head": lora.get("include_head") if strategy == "lora_all" else None,
-                        "repeat": cfg.get("repeat"), "started": old.get("started")}}
-    outcome = {k: old[k] for k in _V1_OUTCOME if k in old}
-    if outcome:
-        new["outcome"] = outcome
-    for section in ("env", "model_shape", "params", "memory", "loss", "calibration", "eval_curve"):
-        if section in old:
-            new[section] = old[section]
-    if "plan" in old:
-        p = old["plan"]
-        new["plan"] = {**p, "strategy": strategy, "uses_lora": bool(p.get("adapted")),
-                       "backward_stops_early": strategy in _V1_EARLY_STOP or bool(rank and lora.get("layers"))}
-    if "work" in old:
-        new["work"] = {**old["work"], "counted_step": 0}  # schema 1 counted on the first step
-    if "time" in old:
-        t = dict(old["time"])
-        t["timed_s"] = t.get("train_s")  # schema 1's train_s was the timed steps' time only
-        new["time"] = t
-    return new

@@ -7,6 +7,7 @@ an attribute of a checked section; only the recorded configuration is a free-for
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "path": str(path.parent), "status": rec.status, "reason": o and o.reason,
         "failed_step": o and o.failed_step, "same_as": o and o.same_as, "config_key": i.config_key,
         "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
-        "include_head": i.include_head, "repeat": i.repeat,
+        "include_head": i.include_head, "repeat": i.repeat, "started": i.started,
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
         "mode": mode(rec), "ranks": ranks(rec),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
@@ -169,6 +170,51 @@ def _job_dirs(root: Path):
     return sorted(found, key=lambda d: [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in d.parts])
 
 
+def damage(rec: Record) -> list[str]:
+    """What makes an `ok` record unusable for the report, one item per field: a measured section
+    missing, a timing that is missing (NaN is written as null), not finite, or negative."""
+    if rec.status != "ok":
+        return []
+    out = [f"{name}: missing" for name in REQUIRED if getattr(rec, name) is None]
+    t = rec.time
+    if t is not None:
+        for name in ("step_ms", "forward_ms", "backward_ms", "optimizer_ms"):
+            v = getattr(t, name).median
+            if v is None and name == "step_ms":
+                out.append("time.step_ms.median: missing")
+            elif v is not None and (not math.isfinite(v) or v < 0 or (name == "step_ms" and v == 0)):
+                out.append(f"time.{name}.median: {v!r} is not a positive time")
+    p = rec.paired
+    if p is not None and p.ratio is not None and not (math.isfinite(p.ratio) and p.ratio > 0):
+        out.append(f"paired.ratio: {p.ratio!r} is not a positive ratio")
+    return out
+
+
+# The sections an ok record must hold for the report to use it (bench/report/report.py reads them all).
+REQUIRED = ("env", "plan", "params", "work", "memory", "time", "loss")
+
+
+def _same_job(row: dict) -> tuple | None:
+    """What makes two records the same measurement: machine, configuration, repeat and start time."""
+    if row.get("started") is None:
+        return None
+    return row.get("machine"), row.get("config_key"), row.get("repeat"), row["started"]
+
+
+def _mark_copies(rows: list[dict]) -> None:
+    """A record given twice (the same folder named twice, or copied into another) counts once;
+    the copies are named, not dropped."""
+    first: dict[tuple, str] = {}
+    for row in rows:
+        key = _same_job(row) if row.get("status") == "ok" else None
+        if key is None:
+            continue
+        if key in first:
+            row["status"], row["reason"] = "copy", f"the same record as {first[key]} (counted once)"
+        else:
+            first[key] = row["path"]
+
+
 def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
     rows = []
     for d in map(Path, dirs):
@@ -178,7 +224,11 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 rows.append({"path": str(job), "status": "missing", "reason": "the job left no metrics.json"})
                 continue
             try:
-                rows.append(flatten(read_record(path), path))
+                rec = read_record(path)
+                bad = damage(rec)
+                if bad:
+                    raise RecordError(f"{path}: status ok, but " + "; ".join(bad))
+                rows.append(flatten(rec, path))
                 # The timed steps themselves, and the paired baseline's pairs (own / full): the
                 # samples behind every ratio's interval.
                 steps = read_steps(job / STEPS)
@@ -190,6 +240,7 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 rows.append({"path": str(job), "status": "unreadable", "reason": str(e)})
                 if warn:
                     warn(f"skipped: {e}")
+    _mark_copies(rows)
     df = pd.DataFrame(rows)
     missing = [c for c in [*COLUMNS, "step_samples", "paired_samples"] if c not in df]
     # One join, not a column at a time: every column a record could have, None where it has none.

@@ -211,7 +211,7 @@ def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path
 
 
 def _failure_blocks(df: pd.DataFrame) -> list[Block]:
-    failed = df[~df.status.isin(["ok", "duplicate"])]
+    failed = df[~df.status.isin(["ok", "duplicate", "copy"])]
     blocks: list[Block] = [("h2", "Records that did not end ok")]
     if failed.empty:
         blocks.append(("p", "None: every job ended ok." if len(df) else "None: there were no jobs."))
@@ -222,6 +222,12 @@ def _failure_blocks(df: pd.DataFrame) -> list[Block]:
                                        if x) for s, r in zip(failed.strategy, failed["rank"])],
             "failed at step": [_f(x, ".0f") for x in failed.failed_step],
             "reason": failed.reason.fillna("")})))
+    copies = df[df.status == "copy"]
+    if not copies.empty:
+        blocks += [("h2", "Given twice"),
+                   ("p", f"{len(copies)} records are the same measurement as another one read here (same machine, "
+                         f"configuration, repeat and start time); each is counted once:"),
+                   ("ul", [f"{p}: {r}" for p, r in zip(copies.path, copies.reason)])]
     dup = df[df.status == "duplicate"]
     if not dup.empty:
         blocks += [("h2", "Reported once"),
@@ -242,7 +248,7 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
     warnings = unstable_jobs(df) if not df.empty else []
     if warnings:
         blocks += [("h2", "Warning: jobs measured on a busy machine"), ("ul", warnings)]
-    table = with_ratios(df).drop(columns=["step_samples"]) if not df.empty else \
+    table = with_ratios(df).drop(columns=["step_samples", "paired_samples"]) if not df.empty else \
         pd.DataFrame(columns=["path", "status", "reason"])  # the steps themselves stay in steps.jsonl
     table.to_csv(out / "summary.csv", index=False)
     groups = list(settings(df))

@@ -34,3 +34,41 @@ def test_labels_name_only_what_varies():
     assert keys == ["dropout"]
     assert [variant_label(r, keys) for _, r in df.iterrows()] == ["lora_all r=8 dropout=0.0",
                                                                   "lora_all r=8 dropout=0.1"]
+
+
+def test_an_ok_record_missing_a_section_or_holding_a_bad_time_is_named_and_left_out(tmp_path):
+    from tests.fixtures import record, write
+
+    write(tmp_path, "0", record())
+    no_time = record(strategy="lora_qk", rank=8)
+    del no_time["time"]
+    write(tmp_path, "1", no_time)
+    bad = record(strategy="lora_all", rank=8)
+    bad["time"]["step_ms"]["median"] = None  # NaN is written as null
+    bad["time"]["forward_ms"]["median"] = -1.0
+    write(tmp_path, "2", bad)
+    df = load_records([tmp_path]).set_index("path")
+    assert df.loc[str(tmp_path / "0"), "status"] == "ok"
+    assert df.loc[str(tmp_path / "1"), "status"] == "unreadable"
+    assert df.loc[str(tmp_path / "1"), "reason"].endswith("status ok, but time: missing")
+    reason = df.loc[str(tmp_path / "2"), "reason"]
+    assert "time.step_ms.median: missing" in reason and "time.forward_ms.median: -1.0 is not a positive time" in reason
+
+
+def test_records_given_twice_count_once_and_the_copies_are_named(tmp_path):
+    import shutil
+
+    from bench.report import build_report
+    from tests.fixtures import record, write
+
+    for i, rec in enumerate([record(started="2026-12-01T10:00:00"),
+                             record(strategy="lora_qk", rank=8, started="2026-12-01T10:00:05")]):
+        rec["identity"]["started"] = rec.pop("started")
+        write(tmp_path / "sweep", str(i), rec)
+    shutil.copytree(tmp_path / "sweep", tmp_path / "again")
+    df = load_records([tmp_path / "sweep", tmp_path / "sweep", tmp_path / "again"])
+    assert (df.status == "ok").sum() == 2 and (df.status == "copy").sum() == 4
+    assert set(df[df.status == "copy"].reason) == {f"the same record as {tmp_path / 'sweep' / n} (counted once)"
+                                                   for n in "01"}
+    md = build_report([tmp_path / "sweep", tmp_path / "again"], tmp_path / "out", html=False).read_text()
+    assert "2 measured records" in md and "## Given twice" in md and "| 1 |" in md  # one repeat each
