@@ -160,6 +160,7 @@ class BenchConfig:
     device: str
     repeat: int
     resume: bool
+    remeasure: int
     model: ModelConfig
     strategy: StrategyConfig
     data: DataConfig
@@ -260,6 +261,7 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def _check_ranges(c: BenchConfig) -> None:
     _one_of("device", c.device, DEVICES)
     _positive("repeat", c.repeat, allow_zero=True)
+    _positive("remeasure", c.remeasure, allow_zero=True)
 
     m = c.model
     _one_of("model.kind", m.kind, MODEL_KINDS)

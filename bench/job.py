@@ -30,7 +30,7 @@ from bench.record.schema import Env, Identity, Outcome, Record
 from bench.record.store import METRICS, write_record
 
 # Keys that do not change what is measured, left out of the configuration key.
-_NOT_MEASURED = {("resume",), ("train", "progress")}
+_NOT_MEASURED = {("resume",), ("remeasure",), ("train", "progress")}
 
 
 def to_node(cfg: DictConfig | dict) -> dict:

@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> None:
         if (out_dir / name).exists():  # an earlier attempt's record and steps in this job's place: keep them
             (out_dir / name).rename(out_dir / aside)
     try:
-        rec = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
+        rec = _measure(cfg, out_dir, list(hc.overrides.task))
     except KeyboardInterrupt:
         if _own_process(hc):  # a submitit job: its record says interrupted; the sweep's process decides
             FINISHED.append(("interrupted", multirun))
@@ -119,6 +119,29 @@ def main(cfg: DictConfig) -> None:
     FINISHED.append((rec.status, multirun))
     signals.point("job_end")
     signals.check()
+
+
+def _measure(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> Record:
+    """The job, measured again (up to `remeasure` times) while its machine was busy: each disturbed
+    attempt's record and steps are kept beside it as metrics.disturbed-<n>.json, and the record that
+    stands says what was set aside (stability.remeasured)."""
+    reasons = []
+    while True:
+        rec = run_job(cfg, out_dir, overrides=overrides)
+        st = rec.stability
+        if rec.status != "ok" or st is None or not st.unstable or len(reasons) >= cfg.remeasure or signals.requested():
+            break
+        reasons.append(st.reason)
+        for name, aside in ((METRICS, f"metrics.disturbed-{len(reasons)}.json"),
+                            (STEPS, f"steps.disturbed-{len(reasons)}.jsonl")):
+            if (out_dir / name).exists():
+                (out_dir / name).rename(out_dir / aside)
+        print(f"[again] {summary_line(rec).split(':')[0][5:]}: {st.reason}; measuring it again "
+              f"({len(reasons)} of remeasure={cfg.remeasure})", file=sys.stderr, flush=True)
+    if reasons and rec.stability is not None:
+        rec.stability.remeasured = reasons
+        write_record(out_dir / METRICS, rec)
+    return rec
 
 
 def exit_code(finished: list[tuple[str, bool]], report_ok: bool = True, stopped: bool = False) -> int:

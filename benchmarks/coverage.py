@@ -3,6 +3,13 @@
     python benchmarks/coverage.py --runs 8                        # the README's sweep, the default
     python benchmarks/coverage.py --runs 8 -- repeats=1           # the same with extra overrides
     python benchmarks/coverage.py --from DIR                      # re-judge runs already on disk
+    python benchmarks/coverage.py --from DIR --write-noise        # file the machine's between-run term
+
+--write-noise estimates, from these runs judged without any filed term, the variance of a run's
+log ratio beyond its own repeats (tau2) and the variance between repeats within a run, and files
+them as results/reference/noise/<machine>.json (bench/report/noise.py), which every later report
+on that machine adds to its intervals. Validate a term on runs it was not estimated from:
+estimate it on one batch of runs (--write-noise), then judge another (--from OTHER).
 
 Each run is `python -m bench.run <sweep>` into DIR/run_<i>; the ratios, intervals and verdicts are
 the report's own (bench.report.explain.aggregate). Per configuration it prints every run's ratio
@@ -29,26 +36,43 @@ sys.path.insert(0, str(ROOT))
 README_SWEEP = ["-m", "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8,32"]
 
 
-def judge(run: Path) -> tuple[dict[str, dict], dict]:
-    """label -> {ratio, lo, hi, verdict, repeats} of one run's (single) setting, and full's figures."""
-    from bench.report.explain import aggregate, settings
+def judge(run: Path, host_noise: bool = True) -> tuple[dict[str, dict], dict]:
+    """label -> {ratio, lo, hi, verdict, repeats, se, df, rep_var} of one run's (single) setting, and
+    full's figures. host_noise=False: without the machine's filed between-run term."""
+    from bench.report.explain import aggregate, setting_machine, settings
     from bench.report.load import load_records
 
     df = load_records([run])
-    out, full = {}, {}
+    out, full = {}, {"machine": setting_machine(df[df.status == "ok"])}
     for _, group in settings(df):
-        agg = aggregate(group)
+        agg = aggregate(group, host_noise=host_noise)
         for _, r in agg.iterrows():
-            if "vs_full" not in agg or r.vs_full != r.vs_full:
+            if r.strategy == "full":
+                full.update(step_ms=float(r.step_ms), lo=float(r.spread_lo), hi=float(r.spread_hi))
+            if "vs_full" not in agg or r.vs_full != r.vs_full or r.strategy == "full":
                 continue
             out[r.label] = {"ratio": float(r.vs_full), "lo": float(r.vs_full_lo), "hi": float(r.vs_full_hi),
-                            "verdict": r.verdict, "repeats": int(r.repeats),
-                            "runs": int(r.get("runs", 1)) if "runs" in agg else 1}
-            if r.strategy == "full":
-                full = {"step_ms": float(r.step_ms), "lo": float(r.spread_lo), "hi": float(r.spread_hi)}
-    unstable = int(((df.status == "ok") & (df.unstable == True)).sum())  # noqa: E712
-    full["unstable_jobs"] = unstable
+                            "verdict": r.verdict, "repeats": int(r.repeats), "se": float(r.vs_full_se),
+                            "df": int(r.vs_full_df), "rep_var": float(r.rep_var)}
+    full["unstable_jobs"] = int(((df.status == "ok") & (df.unstable == True)).sum())  # noqa: E712
     return out, full
+
+
+def between_run_noise(runs: list[dict[str, dict]]) -> tuple[float, float, int]:
+    """(tau2, rep_var, df): the variance of a run's log ratio beyond its own standard error, pooled
+    over configurations (negative estimates count as zero), and the runs' mean between-repeat
+    variance with its degrees of freedom. `runs` judged without any filed term."""
+    excess = []
+    for label in sorted({k for r in runs for k in r}):
+        xs = [r[label] for r in runs if label in r and r[label]["se"] == r[label]["se"]]
+        if len(xs) < 3:
+            continue
+        logs = np.log([x["ratio"] for x in xs])
+        excess.append(logs.var(ddof=1) - float(np.mean([x["se"] ** 2 for x in xs])))
+    reps = [(x["rep_var"], x["df"]) for r in runs for x in list(r.values())[:1] if x["rep_var"] == x["rep_var"]]
+    df = sum(d for _, d in reps)
+    rep_var = sum(v * d for v, d in reps) / df if df else float("nan")
+    return max(0.0, float(np.mean(excess))) if excess else float("nan"), rep_var, df
 
 
 def coverage(runs: list[dict[str, dict]]) -> dict:
@@ -108,6 +132,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None, help="default results/coverage/<time>")
     ap.add_argument("--from", dest="from_dir", type=Path, default=None, help="judge the run_* folders in DIR")
+    ap.add_argument("--write-noise", action="store_true", help="file the machine's between-run term from these runs")
     ap.add_argument("overrides", nargs="*", help="after --: overrides added to the README's sweep")
     a = ap.parse_args(argv)
     sweep = README_SWEEP + a.overrides
@@ -132,7 +157,20 @@ def main(argv: list[str]) -> int:
                 sys.exit(f"error: run {i} exited {rc}; its records are in {out / f'run_{i}'}")
         how += f", {min(walls):.0f}-{max(walls):.0f} s a run"
         (out / "coverage.json").write_text(json.dumps({"how": how, "walls": walls}))
-    judged = [judge(d) for d in sorted(out.glob("run_*"), key=lambda p: int(p.name.split("_")[1]))]
+    dirs = sorted(out.glob("run_*"), key=lambda p: int(p.name.split("_")[1]))
+    if a.write_noise:
+        from bench.report import noise
+
+        bare = [judge(d, host_noise=False) for d in dirs]
+        tau2, rep_var, df = between_run_noise([b[0] for b in bare])
+        machine = bare[0][1]["machine"]
+        measured = time.strftime("%Y-%m-%d", time.localtime(min(d.stat().st_mtime for d in dirs)))
+        path = noise.write(noise.HostNoise(machine=machine, tau2=tau2, rep_var=rep_var, df=df, runs=len(dirs),
+                                           measured=measured, how="the README sweep"))
+        print(f"filed {path}: between-run sd {100 * tau2 ** 0.5:.2f}% of the ratio, between-repeat sd "
+              f"{100 * rep_var ** 0.5:.2f}% ({df} degrees of freedom), from {len(dirs)} runs", file=sys.stderr)
+        return 0
+    judged = [judge(d) for d in dirs]
     runs, fulls = [j[0] for j in judged], [j[1] for j in judged]
     text = render(runs, fulls, coverage(runs), how)
     (out / "coverage.txt").write_text(text)

@@ -28,6 +28,9 @@ categories are shares of that step, comparable between configurations measured t
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -194,6 +197,28 @@ def gpu_idle_ms(kernels: list[tuple[float, float]], start: float, end: float) ->
     return max(0.0, (end - start) - busy) / 1e3
 
 
+@contextmanager
+def quiet_kineto():
+    """The profiler's C++ side prints two `USDT: ... profiler_start/stop` lines to file descriptor 2
+    per use, with no setting to stop it (40 of the README sweep's console lines). Its stderr goes to a
+    file while it runs; every other line is written back after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            kept = [ln for ln in f.read().decode(errors="replace").splitlines(True) if not ln.startswith("USDT:")]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def profile_step(step, model: nn.Module, device: torch.device, ranges: bool = True) -> dict:
     """Run `step()` twice under the profiler and attribute the second: the first pays the
     profiler's own start-up (tens of ms on a CPU), which would land in whichever category ran first."""
@@ -201,9 +226,9 @@ def profile_step(step, model: nn.Module, device: torch.device, ranges: bool = Tr
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     scope = (lambda: module_ranges(model)) if ranges else nullcontext
-    with scope(), profile(activities=activities):
+    with quiet_kineto(), scope(), profile(activities=activities):
         step()
-    with scope(), profile(activities=activities) as prof:
+    with quiet_kineto(), scope(), profile(activities=activities) as prof:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

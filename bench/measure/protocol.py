@@ -37,7 +37,7 @@ from bench.measure.compiled import CompileWatch, judge_clock
 from bench.measure.figures import ON_CLOCK, Diverged, JobFigures
 from bench.measure.graphs import GraphedStep
 from bench.measure.paired import measure_paired
-from bench.measure.stability import ContentionProbe, gpu_neighbours
+from bench.measure.stability import ContentionProbe, gpu_neighbours, judge
 from bench.measure.timer import StepTimer, WindowTimer
 from bench.measure.trainer import Trainer
 from bench.record.schema import Attribution, Calibration, Compile, Memory, Params, Record, Work
@@ -239,7 +239,8 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None
     except torch.cuda.OutOfMemoryError as e:
         raise OutOfMemory(figures.step_now, "cuda", str(e).splitlines()[0]) from None
     finally:  # whatever happened, keep what was measured up to here
-        figures.close(gpu_neighbours(s.device))
+        gpu = gpu_neighbours(s.device)
+        figures.close(gpu)
         if watch is not None:
             rec.compile = watch.section()
             rec.time.compile_s = _compile_s(figures)
@@ -255,6 +256,8 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None
     # After every figure of the job's own (its memory peaks above all): the baseline is a second model.
     with StepLog(out_dir / STEPS, mode="a") as log:
         rec.paired = measure_paired(cfg, s, trainer, log)
+    if rec.paired is not None and rec.paired.pairs:  # its ratio is paired: drift no longer disqualifies it
+        rec.stability = judge([r for r in figures.rows if r["kind"] == "timed"], gpu, paired=True)
     # After the timed steps, so the microbenchmark cannot disturb them.
     hidden = s.shape.hidden or 4 * s.shape.dim
     rec.calibration = Calibration(**calibrate(s.device, t.precision, t.batch_size * t.seq_len, s.shape.dim, hidden))

@@ -82,8 +82,10 @@ def gpu_neighbours(device) -> dict:
         return {}
 
 
-def judge(timed_rows: list[dict], gpu: dict | None = None) -> Stability:
-    """The stability section from the timed steps' rows (step_ms, and cpu_ms / wait_ms if probed)."""
+def judge(timed_rows: list[dict], gpu: dict | None = None, paired: bool = False) -> Stability:
+    """The stability section from the timed steps' rows (step_ms, and cpu_ms / wait_ms if probed).
+    `paired`: the job's ratio comes from its paired baseline (bench/measure/paired.py), which a
+    drifting host slows alike on both sides: drift is recorded, but does not make it unstable."""
     gpu = gpu or {}
     step = np.array([r["step_ms"] for r in timed_rows], dtype=float)
     s = Stability(unstable=False, steps=len(step), gpu_other_processes=gpu.get("gpu_other_processes"),
@@ -102,7 +104,7 @@ def judge(timed_rows: list[dict], gpu: dict | None = None) -> Stability:
     if s.wait_fraction is not None and s.wait_fraction > WAIT_LIMIT:
         reasons.append(f"its threads waited for a CPU {s.wait_fraction:.0%} of the time (limit {WAIT_LIMIT:.0%}): "
                        f"another process shared the cores")
-    if s.drift is not None and abs(s.drift) > DRIFT_LIMIT:
+    if s.drift is not None and abs(s.drift) > DRIFT_LIMIT and not paired:
         reasons.append(f"its steps drifted by {s.drift:+.0%} from the first third to the last "
                        f"(limit {DRIFT_LIMIT:.0%})")
     if s.gpu_other_processes:

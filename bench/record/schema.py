@@ -185,6 +185,7 @@ class Stability:
     spread: Optional[float] = None         # p90 / p10 of the timed steps
     gpu_other_processes: Optional[int] = None
     gpu_utilization: Optional[float] = None
+    remeasured: list[str] = field(default_factory=list)  # why earlier attempts were set aside (remeasure)
 
 
 @dataclass

@@ -20,40 +20,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import stats
+from bench.report import noise, stats
 from bench.report.load import ATTRIBUTION, SETTING, strategy_label, variant_label, varying_keys
 
 DISAGREE = 0.20
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
     """One row per configuration of one setting: medians over repeats, the spread, and each
     configuration's ratio to full fine-tuning with its 95% interval. Unstable jobs are left out."""
-    ok = df[(df.status == "ok") & (df.unstable != True)]  # noqa: E712  (None: schema 1, not judged)
+    ok = df[df.status == "ok"]
     keys = varying_keys(ok)
     ok = ok.assign(label=[variant_label(r, keys) for _, r in ok.iterrows()])
-    rows = [_config_row(label, g) for label, g in ok.groupby("label", sort=False)]
+    stable = ok[ok.unstable != True]  # noqa: E712  (None: schema 1, not judged)
+    rows = [_config_row(label, g) for label, g in stable.groupby("label", sort=False)]
+    # A configuration measured only on a busy machine stays in the tables, marked, out of every verdict.
+    rows += [{**_config_row(f"{label} (disturbed)", g), "disturbed": True}
+             for label, g in ok[ok.unstable == True].groupby("label", sort=False)  # noqa: E712
+             if label not in set(stable.label)]
     out = pd.DataFrame(rows)
     if out.empty:
         return out
+    out["disturbed"] = out.get("disturbed", pd.Series(False, index=out.index)).fillna(False).astype(bool)
     out["memory_split_bytes"] = out[["weights_bytes", "grads_bytes", "optimizer_state_bytes",
                                      "activations_bytes"]].sum(axis=1, min_count=1)
     out["predicted_ms"] = 1e3 * (out.flops_per_step / out.matmul_flops_per_s + out.ops_per_step * out.op_overhead_s)
-    full = out[out.strategy == "full"]
+    full = out[(out.strategy == "full") & ~out.disturbed]
     if not full.empty:
         f = full.iloc[0]
         out["vs_full"] = out.step_ms / f.step_ms
         out["predicted_vs_full"] = out.predicted_ms / f.predicted_ms
         out["flops_vs_full"] = out.flops_per_step / f.flops_per_step
         out["ops_vs_full"] = out.ops_per_step / f.ops_per_step
-        est = estimates(out)
+        est = estimates(out, setting_noise(ok) if host_noise else None)
         out["vs_full"] = [1.0 if r.strategy == "full" else (np.nan if e is None else e.ratio)
                           for (_, r), e in zip(out.iterrows(), est)]
         out["vs_full_lo"] = [np.nan if e is None else e.lo for e in est]
         out["vs_full_hi"] = [np.nan if e is None else e.hi for e in est]
         out["compared"] = ["" if e is None else e.basis for e in est]
+        out["vs_full_se"] = [np.nan if e is None else e.se for e in est]
+        out["vs_full_df"] = [0 if e is None else e.df for e in est]
+        out["rep_var"] = [np.nan if e is None else e.rep_var for e in est]
         out["calibrated"] = [e is not None and e.calibrated for e in est]
-        out["verdict"] = ["" if e is None else stats.verdict(e.ratio, (e.lo, e.hi), e.calibrated) for e in est]
+        out["verdict"] = ["disturbed" if d else "" if e is None else stats.verdict(e.ratio, (e.lo, e.hi), e.calibrated)
+                          for d, e in zip(out.disturbed, est)]
     return out
 
 
@@ -62,21 +72,32 @@ def _is_paired(row: pd.Series) -> bool:
     return row.strategy != "full" and len(row.paired_logs) == row.repeats and all(len(x) >= 3 for x in row.paired_logs)
 
 
-def estimates(agg: pd.DataFrame) -> list:
+def setting_machine(df: pd.DataFrame) -> str | None:
+    machines = df.machine.dropna().unique() if "machine" in df else []
+    return str(machines[0]) if len(machines) == 1 else None
+
+
+def setting_noise(df: pd.DataFrame):
+    """The filed between-run term of the setting's machine, if one is filed and not expired."""
+    return noise.usable(noise.read(setting_machine(df)))
+
+
+def estimates(agg: pd.DataFrame, host=None) -> list:
     """Each configuration's calibrated ratio to full fine-tuning (bench/report/stats.py): paired
-    where every repeat has pairs, else job against job; None for full itself and where no steps."""
-    f = agg[agg.strategy == "full"].iloc[0]
-    paired = [r for _, r in agg.iterrows() if _is_paired(r)]
+    where every repeat has pairs, else job against job; None for full itself and where no steps.
+    `host`: the machine's between-run term (bench/report/noise.py), or None."""
+    f = agg[(agg.strategy == "full") & ~agg.disturbed].iloc[0]
+    paired = [r for _, r in agg.iterrows() if _is_paired(r) and not r.disturbed]
     pooled_p = stats.pooled_variance([[np.median(x) for x in r.paired_logs] for r in paired])
-    pooled_j = stats.pooled_variance([np.log(r.repeat_ms) for _, r in agg.iterrows()])
+    pooled_j = stats.pooled_variance([np.log(r.repeat_ms) for _, r in agg.iterrows() if not r.disturbed])
     out = []
     for _, r in agg.iterrows():
-        if r.strategy == "full":
+        if r.strategy == "full" or r.disturbed:
             out.append(None)
         elif _is_paired(r):
-            out.append(stats.paired_estimate(r.paired_logs, pooled_p))
+            out.append(stats.paired_estimate(r.paired_logs, pooled_p, host))
         else:
-            out.append(stats.job_estimate(r.repeat_ms, f.repeat_ms, pooled_j, r.samples, f.samples))
+            out.append(stats.job_estimate(r.repeat_ms, f.repeat_ms, pooled_j, r.samples, f.samples, host))
     return out
 
 
@@ -288,6 +309,7 @@ def _loss_verdict(agg: pd.DataFrame) -> str:
 
 def verdict(agg: pd.DataFrame) -> str:
     """The paragraph that opens a setting: fastest, least memory, best loss per second, slow LoRA."""
+    agg = agg[~agg.disturbed] if "disturbed" in agg else agg
     if agg.empty:
         return "No stable successful record in this setting."
     mems = agg.apply(lambda r: _mem(r)[0], axis=1)

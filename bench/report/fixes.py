@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import stats
+from bench.report.explain import setting_noise
 from bench.report.load import SETTING, strategy_label
 
 MIB = 2 ** 20
@@ -24,13 +25,13 @@ def _fix(row) -> str:
     return " + ".join(parts) or "none"
 
 
-def _ratio(g: pd.DataFrame, base: pd.DataFrame, pooled: tuple[float, int]) -> tuple[float, tuple | None, str]:
+def _ratio(g: pd.DataFrame, base: pd.DataFrame, pooled: tuple[float, int], host=None) -> tuple[float, tuple | None, str]:
     """Job against job (a fix changes how the step runs: no paired baseline runs the same way)."""
     if base.empty:
         return np.nan, None, ""
     e = stats.job_estimate(list(g.step_ms), list(base.step_ms), pooled,
                            [np.asarray(x, dtype=float) for x in g.step_samples],
-                           [np.asarray(x, dtype=float) for x in base.step_samples])
+                           [np.asarray(x, dtype=float) for x in base.step_samples], host)
     if e is None:
         return np.nan, None, ""
     return e.ratio, (e.lo, e.hi), stats.verdict(e.ratio, (e.lo, e.hi), e.calibrated)
@@ -56,10 +57,11 @@ def fixes_table(ok: pd.DataFrame) -> pd.DataFrame:
     rows = []
     groups = ok.groupby(["config", "fix"], sort=False)
     pooled = stats.pooled_variance([np.log(g.step_ms.to_numpy(dtype=float)) for _, g in groups])
+    host = setting_noise(ok)
     for (config, fix), g in groups:
         same_mode_full = ok[(ok.strategy == "full") & (ok["mode"] == g["mode"].iloc[0])]
-        r_plain = _ratio(g, plain_full, pooled)
-        r_same = _ratio(g, same_mode_full, pooled) if g.strategy.iloc[0] != "full" else (np.nan, None, "")
+        r_plain = _ratio(g, plain_full, pooled, host)
+        r_same = _ratio(g, same_mode_full, pooled, host) if g.strategy.iloc[0] != "full" else (np.nan, None, "")
         rows.append({"configuration": config, "fix": fix, "step ms": f"{g.step_ms.median():.2f}",
                      "vs plain full": _text(*r_plain), "vs full with the same mode": _text(*r_same),
                      "compile s": "" if g.compile_s.isna().all() else f"{g.compile_s.median():.1f}",

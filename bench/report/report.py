@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import fixes, plots, stats
+from bench.report import fixes, noise, plots, stats
 from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
                                   verdict)
 from bench.report.load import load_records, markdown, with_ratios
@@ -48,7 +48,8 @@ def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
         "95% interval": [f"{_f(a)}-{_f(b)}" if a == a else "" for a, b in zip(agg.get("vs_full_lo", nan),
                                                                             agg.get("vs_full_hi", nan))],
         "verdict": [{"slower": "slower", "faster": "faster", "same": "no difference",
-                     "unjudged": "not judged (1 repeat)"}.get(v, "") for v in agg.get("verdict", [""] * len(agg))],
+                     "unjudged": "not judged (1 repeat)", "disturbed": "left out: measured on a busy machine"}.get(v, "")
+                    for v in agg.get("verdict", [""] * len(agg))],
         "predicted vs full": [_f(x, ".2f", suffix="x") for x in agg.get("predicted_vs_full", [np.nan] * len(agg))],
         "tokens/s": [_f(x, ",.0f") for x in agg.tokens_per_s],
         "forward ms": [_f(x) for x in agg.forward_ms],
@@ -57,8 +58,8 @@ def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _tables(agg: pd.DataFrame) -> list[Block]:
-    full = agg[agg.strategy == "full"]
+def _tables(agg: pd.DataFrame, machine: str | None) -> list[Block]:
+    full = agg[(agg.strategy == "full") & ~agg.disturbed]
     ref = full.iloc[0] if not full.empty else None
     peak_kind = "peak device MiB" if agg.device_peak_bytes.notna().any() else "peak host RSS MiB"
     peak = agg.device_peak_bytes if agg.device_peak_bytes.notna().any() else agg.host_peak_rss_bytes
@@ -100,7 +101,7 @@ def _tables(agg: pd.DataFrame) -> list[Block]:
                     "this setting's configurations (pooled) and log-normal; with one "
                     "repeat only the job's own steps are resampled, which cannot see that noise, so no verdict is "
                     "drawn. A verdict needs the whole interval on one side of 1 and a difference of at least "
-                    f"{stats.MIN_EFFECT:.0%}."),
+                    f"{stats.MIN_EFFECT:.0%}. " + noise.sentence(noise.read(machine), machine)),
               ("h3", "Memory and work"), ("table", work),
               ("h3", "Loss"), ("table", loss)]
     if ref is not None:
@@ -164,12 +165,13 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path, plot: boo
     blocks = [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
     if agg.empty:
         return blocks
-    blocks += _tables(agg)
-    full = agg[agg.strategy == "full"]
+    blocks += _tables(agg, setting["machine"] if isinstance(setting["machine"], str) else None)
+    full = agg[(agg.strategy == "full") & ~agg.disturbed]
     suffix = f"_{n + 1}" if n else ""
     if not full.empty:
         blocks.append(("h3", "Why"))
-        blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows() if r.strategy != "full"]))
+        blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows()
+                              if r.strategy != "full" and not r.disturbed]))
         blocks += _difference_blocks(agg, full.iloc[0], title, out, "attribution" + suffix, plot)
     if not plot:
         return blocks

@@ -9,9 +9,11 @@ interval is built from repeats, on the log scale, with a t quantile:
 - by job (no pairs: compiled, several processes, older records): each repeat gives its log median
   step; the estimate is the difference of the two sides' means.
 The between-repeat variance is pooled over the setting's configurations (assumed alike across
-them), which gives the t quantile its degrees of freedom. With a single repeat there is no between-job information at all: the
-interval then comes from the job's own steps (below), is marked uncalibrated, and no verdict is
-drawn from it. benchmarks/coverage.py checks the coverage these intervals achieve.
+them), which gives the t quantile its degrees of freedom. A sweep's repeats lie within a minute;
+the machine's noise between runs (bench/report/noise.py, measured by benchmarks/coverage.py) is
+added where it is filed. With a single repeat and no such term there is no between-job
+information at all: the interval then comes from the job's own steps (below), is marked
+uncalibrated, and no verdict is drawn from it. benchmarks/coverage.py checks the coverage these intervals achieve.
 
 The within-job interval is a hierarchical percentile bootstrap. Each resample draws the repeats of each
 side with replacement, then the timed steps within each drawn repeat with replacement; a side's
@@ -103,35 +105,46 @@ class Estimate:
     calibrated: bool  # the interval includes the noise between jobs (two or more repeats)
     basis: str        # "paired" | "by job"
     repeats: int
+    se: float = float("nan")       # standard error of the log ratio (t intervals)
+    df: int = 0                    # its degrees of freedom
+    rep_var: float = float("nan")  # the between-repeat variance it used (pooled over the setting)
 
 
-def _t_interval(center: float, var: float, df: int, n_eff: float) -> tuple[float, float]:
-    half = t_quantile(0.5 + LEVEL / 2, df) * math.sqrt(var / n_eff)
+def _t_interval(center: float, var_of_mean: float, df: int) -> tuple[float, float]:
+    half = t_quantile(0.5 + LEVEL / 2, df) * math.sqrt(var_of_mean)
     return math.exp(center - half), math.exp(center + half)
 
 
-def paired_estimate(repeat_logs: list[np.ndarray], pooled: tuple[float, int]) -> Estimate:
+def paired_estimate(repeat_logs: list[np.ndarray], pooled: tuple[float, int], noise=None) -> Estimate:
     """From each repeat's per-pair log ratios; `pooled`: pooled_variance over the setting's paired
-    configurations' repeat medians."""
+    configurations' repeat medians; `noise`: the machine's between-run term (bench/report/noise.py),
+    added to the variance, and standing in for the pool where this sweep has one repeat only."""
     m = np.array([np.median(x) for x in repeat_logs])
     center, n = float(m.mean()), len(m)
     var, df = pooled
-    if df == 0:  # one repeat: the pairs of one job only
+    tau2 = noise.tau2 if noise is not None else 0.0
+    # Never narrower than the machine's own between-repeat noise (its filed estimate has hundreds of
+    # degrees of freedom; a sweep's pool has a few dozen, and one that happens to be quiet would
+    # give intervals too narrow for the next run); wider when this sweep is noisier.
+    if noise is not None and (df == 0 or noise.rep_var > var):
+        var, df = noise.rep_var, noise.df
+    if df == 0:  # one repeat and no term for this machine: the pairs of one job only
         rng = np.random.default_rng(_SEED)
         x = repeat_logs[0]
         boot = np.median(x[rng.integers(0, len(x), size=(RESAMPLES, len(x)))], axis=1)
         tail = (1 - LEVEL) / 2 * 100
         lo, hi = np.exp(np.percentile(boot, [tail, 100 - tail]))
         return Estimate(math.exp(center), float(lo), float(hi), False, "paired", n)
-    lo, hi = _t_interval(center, var, df, n)
-    return Estimate(math.exp(center), lo, hi, True, "paired", n)
+    lo, hi = _t_interval(center, var / n + tau2, df)
+    return Estimate(math.exp(center), lo, hi, True, "paired", n, math.sqrt(var / n + tau2), df, var)
 
 
 def job_estimate(config_ms: list[float], full_ms: list[float], pooled: tuple[float, int],
-                 config_steps: list[np.ndarray], full_steps: list[np.ndarray]) -> Estimate | None:
+                 config_steps: list[np.ndarray], full_steps: list[np.ndarray], noise=None) -> Estimate | None:
     """Jobs compared with jobs: each side's median step per repeat; `pooled`: pooled_variance over
-    the setting's per-repeat log medians. With one repeat everywhere, the interval comes from the
-    timed steps (one array per repeat) and is not calibrated."""
+    the setting's per-repeat log medians; `noise`: the machine's between-run term, added. With one
+    repeat everywhere, the interval comes from the timed steps (one array per repeat) and is not
+    calibrated (the machine's term was measured on paired ratios, far quieter than job medians)."""
     yc, yf = np.log(np.asarray(config_ms, dtype=float)), np.log(np.asarray(full_ms, dtype=float))
     if not len(yc) or not len(yf):
         return None
@@ -142,8 +155,10 @@ def job_estimate(config_ms: list[float], full_ms: list[float], pooled: tuple[flo
         if interval is None:
             return None
         return Estimate(math.exp(center), *interval, False, "by job", len(yc))
-    lo, hi = _t_interval(center, var, df, 1 / (1 / len(yc) + 1 / len(yf)))
-    return Estimate(math.exp(center), lo, hi, True, "by job", len(yc))
+    tau2 = noise.tau2 if noise is not None else 0.0
+    v = var * (1 / len(yc) + 1 / len(yf)) + tau2
+    lo, hi = _t_interval(center, v, df)
+    return Estimate(math.exp(center), lo, hi, True, "by job", len(yc), math.sqrt(v), df, var)
 
 
 def verdict(ratio: float, interval: tuple[float, float] | None, calibrated: bool = True) -> str:
