@@ -1,7 +1,11 @@
-"""Figures the README quotes must stand, verbatim, in the committed reference output they cite."""
+"""Figures the README and docs/ quote must stand, verbatim, in the committed reference output they cite."""
+import re
+
 from tests.conftest import ROOT
 
-README = (ROOT / "README.md").read_text()
+FRONT = (ROOT / "README.md").read_text()
+DOCS = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+README = FRONT + "\n" + "\n".join(DOCS.values())  # the front page and the pages it links
 REF = ROOT / "results" / "reference"
 
 
@@ -9,10 +13,40 @@ def _section(title: str) -> str:
     return README.split(f"## {title}")[1].split("\n## ")[0]
 
 
-def test_report_sample_is_quoted_verbatim():
+def test_the_readme_is_a_front_page_and_every_link_resolves():
+    assert len(FRONT.splitlines()) <= 200
+    assert FRONT.index("## Two commands") < 30 and "## A sample of the report" in FRONT
+    linked = set(re.findall(r"\]\(docs/([a-z_]+\.md)\)", FRONT))
+    assert linked == set(DOCS), "every docs page linked from the README, and only those"
+    for name, text in {"README.md": FRONT, **{f"docs/{k}": v for k, v in DOCS.items()}}.items():
+        base = ROOT if name == "README.md" else ROOT / "docs"
+        for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", text):
+            assert (base / target).exists(), (name, target)
+
+
+def test_the_install_is_cis():
+    ci = (ROOT / ".ci" / "run").read_text()
+    extras = re.search(r'pip install --quiet -e "\.\[([a-z,]+)\]"', ci).group(1)
+    assert f'pip install -e ".[{extras}]"' in FRONT
+
+
+def _quoted(section: str) -> list[str]:
+    lines = [ln[2:] if ln.startswith("> ") else ln for ln in section.splitlines()]
+    return [q for q in lines if q.startswith(("| ", "- lora", "Verdict.", "Cost model", "step ms: median"))]
+
+
+def test_the_front_page_sample_is_quoted_verbatim_from_the_filed_readme_sweep():
+    report = (REF / "quickstart" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
+    quoted = _quoted(FRONT.split("## A sample of the report")[1].split("\n## ")[0])
+    assert len(quoted) > 10
+    assert [q for q in quoted if q not in report] == []
+    command = (REF / "quickstart" / "amd-epyc-2-threads" / "COMMAND.md").read_text()
+    assert "python -m bench.run -m strategy=full,lora_all,lora_qk,lora_last lora.rank=2,8,32`" in command
+
+
+def test_the_first_sample_is_quoted_verbatim():
     report = (REF / "quickstart" / "intel-r-xeon-r-processor-2-threads" / "report" / "report.md").read_text()
-    quoted = [ln[2:] if ln.startswith("> ") else ln for ln in _section("A sample of the report").splitlines()]
-    quoted = [q for q in quoted if q.startswith(("| ", "- lora", "Verdict.", "Cost model", "step ms: median"))]
+    quoted = _quoted(_section("A sample of the report, as first filed"))
     assert len(quoted) > 10
     assert [q for q in quoted if q not in report] == []
 

@@ -27,8 +27,10 @@ def compact_table(df: pd.DataFrame) -> str:
     """One setting's ok records as a short Markdown table."""
     df = with_ratios(df[df.status == "ok"])
     keys = varying_keys(df)
+    several = df.repeat.nunique(dropna=True) > 1  # rows of one configuration, told apart
     out = pd.DataFrame({
-        "configuration": [variant_label(r, keys) for _, r in df.iterrows()],
+        "configuration": [variant_label(r, keys) + (f" (repeat {_fmt(r.repeat, '.0f')})" if several else "")
+                          for _, r in df.iterrows()],
         "step ms (p10-p90)": [f"{_fmt(a, '.2f')} ({_fmt(b, '.2f')}-{_fmt(c, '.2f')})"
                               for a, b, c in zip(df.step_ms, df.step_p10_ms, df.step_p90_ms)],
         "vs full": [_fmt(x, ".2f") + "x" if x == x else "" for x in df.step_vs_full],
@@ -50,7 +52,7 @@ def print_tables(dirs: list[Path]) -> int:
         return 2
     for setting, group in df[df.status == "ok"].groupby(SETTING, dropna=False, sort=False):
         print("### " + ", ".join(f"{k}={v}" for k, v in zip(SETTING, setting)))
-        print(compact_table(group.sort_values(["strategy", "rank"], na_position="first")))
+        print(compact_table(group.sort_values(["strategy", "rank", "repeat"], na_position="first")))
         print()
     for _, r in df[~df.status.isin(["ok", "duplicate"])].iterrows():
         print(f"[{r.status}] {r.path}: {r.reason}")

@@ -100,7 +100,10 @@ def test_unstable_jobs_take_no_part_and_are_named(tmp_path):
                                           "overrides": ["strategy=lora_qk", "lora.rank=8"]}))
     df = load_records([tmp_path])
     agg = aggregate(df)
-    assert list(agg.label) == ["full"] and "slower" not in verdict(agg).lower().replace("measurably slower", "")
+    # Kept in the tables, marked, and out of every verdict.
+    assert list(agg.label) == ["full", "lora_qk r=8 (disturbed)"] and agg.verdict.iloc[1] == "disturbed"
+    assert "slower" not in verdict(agg).lower().replace("measurably slower", "")
+    assert "Fastest: full" in verdict(agg)
     (line,) = unstable_jobs(df)
     assert "waited for a CPU 70%" in line and line.endswith("python -m bench.run strategy=lora_qk lora.rank=8")
 
