@@ -4,7 +4,7 @@ Hydra composes `conf/` into a DictConfig; `load_config` turns it into frozen dat
 checking every key's presence and type and every value's range. Anything wrong raises
 `ConfigError`, whose message is one line naming the key, the value and what is allowed.
 Checks that need the built model (rank against a layer's width, `lora.layers` against the
-depth) live where the model is known: bench/build/strategies.py.
+depth) live where the model is known: bench/models/strategies.py.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class PeftConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    nproc: int  # processes (ranks); > 1 starts them through torchrun (bench/dist/launch.py)
+    nproc: int  # processes (ranks); > 1 starts them through torchrun (bench/distributed/launch.py)
     mode: str   # ddp | fsdp
 
 

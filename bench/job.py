@@ -1,7 +1,7 @@
 """One job, from a composed config to its record on disk: config -> build -> measure -> record.
 
     pretrain stage (only when model.checkpoint=auto has no base yet; its own record and clock)
-    load_config -> setup (bench/build) -> measure (bench/measure/protocol.py) -> metrics.json
+    load_config -> setup (bench/models) -> measure (bench/measure/protocol.py) -> metrics.json
 
 Every outcome is a record: invalid, diverged, oom and error are caught here, so a sweep goes
 on; an interrupt (Ctrl-C, SIGTERM) is recorded and then passed on, so the sweep stops.
@@ -13,18 +13,18 @@ import hashlib
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.build.setup import resolve_device, seed_everything, setup
-from bench.build.strategies import STRATEGIES
-from bench.config import ConfigError, load_config
+from bench.models.setup import resolve_device, seed_everything, setup
+from bench.models.strategies import STRATEGIES
+from bench.config import load_config
+from bench.failure import failure
 from bench.measure.env import describe
-from bench.measure.protocol import Diverged, OutOfMemory, measure
+from bench.measure.protocol import measure
 from bench.pretrain import ensure_base
 from bench.record.schema import Env, Identity, Outcome, Record
 from bench.record.store import METRICS, write_record
@@ -93,7 +93,7 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> str:
 
         return search_batch(cfg, node, out_dir, rec)
     if cfg.dist.nproc > 1:
-        from bench.dist.launch import run_distributed
+        from bench.distributed.launch import run_distributed
 
         return run_distributed(cfg, node, out_dir, rec)
     t0 = time.perf_counter()
@@ -105,21 +105,6 @@ def _stages(node: dict, out_dir: Path, rec: Record) -> str:
         if rec.time is not None:
             rec.time.wall_s = time.perf_counter() - t0
     return "ok"
-
-
-def failure(e: BaseException) -> tuple[str, Outcome]:
-    """The status and outcome a job (or one rank of it) records for the exception that ended it."""
-    if isinstance(e, ConfigError):
-        return "invalid", Outcome(reason=str(e), key=e.key)
-    if isinstance(e, Diverged):
-        return "diverged", Outcome(reason=str(e), failed_step=e.step, last_finite_loss=e.last_finite)
-    if isinstance(e, OutOfMemory):
-        return "oom", Outcome(reason=str(e), failed_step=e.step, oom_where=e.where)
-    if isinstance(e, torch.cuda.OutOfMemoryError):  # before the first step: moving the model, the first eval
-        return "oom", Outcome(reason=f"out of cuda memory before training: {str(e).splitlines()[0]}", oom_where="cuda")
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted", Outcome(reason="interrupted by the user or a signal")
-    return "error", Outcome(reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exception(e)[-6:])
 
 
 def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None = None) -> Record:

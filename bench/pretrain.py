@@ -16,8 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bench.build.checkpoint import auto_path, needs_pretraining, save_weights
-from bench.build.setup import resolve_device, seed_everything, setup
+from bench.models.checkpoint import auto_path, needs_pretraining, save_weights
+from bench.models.setup import resolve_device, seed_everything, setup
 from bench.cli import preflight
 from bench.config import BenchConfig, ConfigError, load_config
 from bench.measure.timer import StepTimer

@@ -1,4 +1,4 @@
-"""The layout choices of the fused LoRA layer (bench/build/lora_fused.py), measured on this machine.
+"""The layout choices of the fused LoRA layer (bench/models/lora_fused.py), measured on this machine.
 
     python benchmarks/fused_layout.py [--tokens 128] [--rank 8] [--shapes 512x512,512x1408,1408x512]
 

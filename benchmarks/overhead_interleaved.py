@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from bench.build.setup import resolve_device, seed_everything, setup
+from bench.models.setup import resolve_device, seed_everything, setup
 from bench.cli import compose_config
 from bench.measure.env import describe
 from bench.report.stats import median_interval

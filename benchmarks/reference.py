@@ -31,7 +31,7 @@ def slug(text: str) -> str:
 
 
 # References that are a command line rather than a study preset: the README's own sweep.
-COMMANDS = {"quickstart": ["-m", "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8,32", "repeats=3"]}
+COMMANDS = {"quickstart": ["-m", "strategy=full,lora_all,lora_qk,lora_last", "lora.rank=2,8,32"]}
 
 
 def run_study(name: str) -> Path:

@@ -21,12 +21,17 @@ WORDS = {"slower": "slower", "faster": "faster", "same": "no difference", "unjud
          "disturbed": "left out (disturbed)", "": ""}
 
 
+def _plain(title: str) -> str:
+    """Setting titles from before the step's mode was named (eager) match today's."""
+    return title.replace(", eager,", ",").replace(", eager", "")
+
+
 def filed_verdicts(report: Path) -> dict[tuple[str, str], str]:
     """(setting title, configuration) -> the verdict column of the filed report's time tables."""
     out, setting, cols = {}, None, None
     for line in report.read_text().splitlines():
         if line.startswith("## Setting"):
-            setting, cols = line.split(": ", 1)[1], None
+            setting, cols = _plain(line.split(": ", 1)[1]), None
         elif line.startswith("| configuration |"):
             cols = [c.strip() for c in line.strip("|").split("|")]
         elif cols and "verdict" in cols and line.startswith("| ") and not line.startswith("|---"):
@@ -59,7 +64,7 @@ def main() -> int:
             title = _setting_title(setting)
             for _, r in agg[agg.strategy != "full"].iterrows() if "verdict" in agg else []:
                 new = WORDS.get(r.verdict, r.verdict)
-                before = old.get((title, r.label), "")
+                before = old.get((_plain(title), r.label), "")
                 counts[(before or "-", new)] += 1
                 if before != new:
                     changed.append(f"| {title.split(', on ')[0]} | {r.label} | {r.vs_full:.2f}x | "

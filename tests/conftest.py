@@ -37,7 +37,7 @@ def built(*overrides):
     """The build stage for some overrides, on CPU, seeded: (cfg, Setup)."""
     import torch
 
-    from bench.build.setup import seed_everything, setup
+    from bench.models.setup import seed_everything, setup
     from bench.config import load_config
 
     cfg = load_config(compose_cfg(["device=cpu", *overrides]))

@@ -66,7 +66,7 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_analysis_never_reaches_the_model_side():
     model_side = {m for m, p in MODULES.items() if _defines_module_or_table(p)}
-    assert {"bench.build.model", "bench.build.lora", "bench.build.strategies"} <= model_side
+    assert {"bench.models.model", "bench.models.lora", "bench.models.strategies"} <= model_side
     analysis = {m for m in MODULES if THIRD[m] & {"pandas", "matplotlib"}}
     assert "bench.report.load" in analysis and "bench.report.plots" in analysis
     leaks = {m: sorted(_reach(m) & model_side) for m in analysis if _reach(m) & model_side}
@@ -101,7 +101,7 @@ def test_every_module_has_its_test_module():
 
 
 def test_every_strategy_has_its_own_colour():
-    from bench.build.strategies import STRATEGIES
+    from bench.models.strategies import STRATEGIES
     from bench.report.plots import COLOURS
 
     assert set(COLOURS) == set(STRATEGIES)

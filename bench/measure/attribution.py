@@ -42,6 +42,7 @@ from torch.autograd.profiler import record_function
 CATEGORIES = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
               "compiled", "communication", "gradients", "optimizer", "framework")
 ADAPTER = ("adapter_matmul", "adapter_other")
+REST_TOP = 5  # the largest operations of norm_activation_other kept by name (ms each)
 PREFIX = "lb::"
 _COMM_PREFIXES = ("c10d::", "gloo:", "nccl:")
 _COMM_NAMES = {"record_param_comms", "aten::wait", "torch.distributed.wait"}
@@ -50,8 +51,8 @@ _MATMULS = {"aten::linear", "aten::mm", "aten::matmul", "aten::addmm", "aten::bm
 
 def module_categories(model: nn.Module) -> dict[nn.Module, str]:
     """The range each module opens: adapter layers (native or PEFT), their parts, linears, attention."""
-    from bench.build.lora import LoRALinear
-    from bench.build.lora_fused import FusedLoRALinear
+    from bench.models.lora import LoRALinear
+    from bench.models.lora_fused import FusedLoRALinear
 
     peft_layer = _peft_layer_type()
     cats: dict[nn.Module, str] = {}
@@ -172,9 +173,11 @@ def split(events, wall_ms: float) -> dict:
             if d.sequence_nr >= 0:
                 forward_of.setdefault(d.sequence_nr, cat)
             todo.extend(d.cpu_children)
-    ms, count = defaultdict(float), defaultdict(int)
+    ms, count, rest = defaultdict(float), defaultdict(int), defaultdict(float)
     for e in ops:
         cat = _category(e, forward_of)
+        if cat == "norm_activation_other":  # "the rest": named by its largest operations
+            rest[e.name] += e.time_range.elapsed_us() / 1e3
         inner = _inner_ranges(e)  # parts an operation marked itself (the fused LoRA node's base products)
         for sub, (us, n) in inner.items():
             ms[sub] += us / 1e3
@@ -183,7 +186,8 @@ def split(events, wall_ms: float) -> dict:
         count[cat] += 1
     cats = {c: ms.get(c, 0.0) for c in CATEGORIES}
     cats["framework"] = max(0.0, wall_ms - sum(v for k, v in cats.items() if k != "framework"))
-    return {"categories": cats, "ops": {c: count.get(c, 0) for c in CATEGORIES if c != "framework"}}
+    top = dict(sorted(rest.items(), key=lambda kv: -kv[1])[:REST_TOP])
+    return {"categories": cats, "ops": {c: count.get(c, 0) for c in CATEGORIES if c != "framework"}, "rest_ops": top}
 
 
 def gpu_idle_ms(kernels: list[tuple[float, float]], start: float, end: float) -> float:

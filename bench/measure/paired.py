@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench import signals
-from bench.build.setup import Setup, seed_everything, setup
+from bench.models.setup import Setup, seed_everything, setup
 from bench.config import BenchConfig, StrategyConfig
 from bench.measure.figures import stats
 from bench.measure.timer import StepTimer

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from bench import signals
-from bench.build.setup import Setup
+from bench.models.setup import Setup
 from bench.config import BenchConfig
 from bench.measure import counters, memory
 from bench.measure.attribution import profile_step
@@ -93,7 +93,7 @@ def _profile_step(trainer: Trainer, micro: list[torch.Tensor], rec: Record, comp
     a = profile_step(lambda: losses.append(trainer.step(micro, untimed_timer)[0]), trainer.model, micro[0].device,
                      ranges=not compiled)
     rec.attribution = Attribution(step_ms=a["step_ms"], categories=a["categories"], ops=a["ops"],
-                                  kernels=a.get("kernels"))
+                                  kernels=a.get("kernels"), rest_ops=a.get("rest_ops", {}))
     if compiled:
         rec.work.ops_per_step, rec.work.ops_kind = sum(a["ops"].values()), "profiled"
     return losses[-1]

@@ -196,6 +196,7 @@ class Attribution:
     categories: dict
     ops: dict
     kernels: Optional[int] = None
+    rest_ops: dict = field(default_factory=dict)  # norm_activation_other's largest operations, ms
 
 
 @dataclass
@@ -222,7 +223,7 @@ class RankFigures:
 
 @dataclass
 class Dist:
-    """dist.nproc > 1: the job ran on `world_size` ranks (bench/dist/launch.py). time.step_ms is
+    """dist.nproc > 1: the job ran on `world_size` ranks (bench/distributed/launch.py). time.step_ms is
     the slowest rank's per step; memory is rank 0's, every rank's peak is in `ranks`."""
     world_size: int
     mode: str     # ddp | fsdp
@@ -232,7 +233,7 @@ class Dist:
 
 @dataclass
 class Comm:
-    """Collectives of one timed step, counted where they ran (bench/dist/comm.py): the payload
+    """Collectives of one timed step, counted where they ran (bench/distributed/comm.py): the payload
     handed to each kind, and how many calls. comm_ms: time the training thread spent blocked in
     communication on the profiled step (bench/measure/attribution.py, category communication)."""
     allreduce_bytes_per_step: int = 0

@@ -12,7 +12,7 @@ from bench.record.schema import Record, RecordError
 
 METRICS = "metrics.json"
 STEPS = "steps.jsonl"
-RANKS = "ranks"  # a multi-process job's ranks' own records, under its job directory (bench/dist/launch.py)
+RANKS = "ranks"  # a multi-process job's ranks' own records, under its job directory (bench/distributed/launch.py)
 PROBES = "probes"  # the memory-budget search's probe jobs, under its own job directory (bench/search.py)
 
 

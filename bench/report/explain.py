@@ -123,6 +123,7 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
         "loss_drop": drop, "loss_gain_per_s": ((g.eval_start - g.eval_end) / g.train_s).median(),
         "samples": [np.asarray(s if isinstance(s, list) else [], dtype=float) for s in g.step_samples],
         "repeat_ms": [float(x) for x in g.step_ms],
+        "rest_ops": next((x for x in g.attr_rest_ops if isinstance(x, dict) and x), {}),
         "paired_logs": [np.log(np.asarray(s, dtype=float)) for s in g.paired_samples if isinstance(s, list) and s],
         # Sweeps (folders of jobs) the repeats come from: a report may combine several.
         "runs": len({str(Path(p).parent) for p in g.path}),
@@ -179,7 +180,11 @@ def _head(row: pd.Series, full: pd.Series) -> str:
           else "no interval: no timed steps on disk")
     basis = (f"{row.repeats} repeat{'s' if row.repeats > 1 else ''}"
              + (f" in {row.runs} sweeps" if row.runs > 1 else "") + f", {row.compared}")
-    figures = f"{row.step_ms:.2f} vs {full.step_ms:.2f} ms per step, {row.vs_full:.2f}x; {ci}; {basis}"
+    if row.compared == "paired":  # the jobs' own medians were measured at other moments: say which is which
+        figures = (f"{row.vs_full:.2f}x stepped in turn with full fine-tuning; {ci}; {basis}; the jobs' own "
+                   f"medians {row.step_ms:.2f} and {full.step_ms:.2f} ms per step")
+    else:
+        figures = f"{row.step_ms:.2f} vs {full.step_ms:.2f} ms per step, {row.vs_full:.2f}x; {ci}; {basis}"
     if row.verdict == "unjudged":
         return (f"{row.label}: not judged ({figures}): one repeat cannot see the noise between jobs; "
                 f"repeats=2 or more measures it")
@@ -213,9 +218,31 @@ def _measured(row: pd.Series, full: pd.Series) -> str:
         return ""
     sign = {"slower": 1, "faster": -1}.get(row.verdict, 0)
     ranked = sorted(d, key=lambda c: -d[c] * sign if sign else -abs(d[c]))
-    named = [f"{CATEGORY_NAMES[c]} {_signed_ms(d[c])}" for c in ranked[:3] if abs(d[c]) >= 0.005]
+    named = [f"{CATEGORY_NAMES[c]} {_signed_ms(d[c])}" + (_rest(row, full) if c == "norm_activation_other" else "")
+             for c in ranked[:3] if abs(d[c]) >= 0.005]
     return (f" Measured on a profiled step ({row.attr_step_ms:.2f} vs {full.attr_step_ms:.2f} ms): "
             + ", ".join(named) + ".")
+
+
+def _rest(row: pd.Series, full: pd.Series) -> str:
+    """What "the rest" holds: its largest operations, this configuration's against full's."""
+    mine, theirs = row.get("rest_ops") or {}, full.get("rest_ops") or {}
+    names = sorted(set(mine) | set(theirs), key=lambda n: -abs(mine.get(n, 0.0) - theirs.get(n, 0.0)))[:2]
+    if not names:
+        return ""
+    return " (largest there: " + ", ".join(f"{n} {_signed_ms(mine.get(n, 0.0) - theirs.get(n, 0.0))}"
+                                           for n in names) + ")"
+
+
+def largest_cost(row: pd.Series, full: pd.Series) -> str:
+    """The verdict line's answer to "why slower": the measured attribution first, the cost model second."""
+    tm = {k: v for k, v in terms(row, full).items() if v == v and v > 0}
+    model = _NAMES[(max(tm, key=tm.get), 1)] if tm else "no modelled term"
+    d = {c: v for c, v in measured_deltas(row, full).items() if v > 0 and c != "gpu_idle"}
+    if not d:
+        return f"{model} (cost model)"
+    top = max(d, key=d.get)
+    return f"{CATEGORY_NAMES[top]} {_signed_ms(d[top])} (measured); the cost model's: {model}"
 
 
 _COLLECTIVES = (("allreduce", "all-reduces"), ("allgather", "all-gathers"), ("reducescatter", "reduce-scatters"))
@@ -326,10 +353,8 @@ def verdict(agg: pd.DataFrame) -> str:
     if slower:
         reasons = []
         for r in slower:
-            tm = {k: v for k, v in terms(r, f).items() if v == v and v > 0}
-            why = _NAMES[(max(tm, key=tm.get), 1)] if tm else "no modelled term"
             reasons.append(f"{r.label} ({r.vs_full:.2f}x, 95% interval {r.vs_full_lo:.2f}-{r.vs_full_hi:.2f}; "
-                           f"largest cost: {why})")
+                           f"largest cost: {largest_cost(r, f)})")
         s.append("Slower than full fine-tuning: " + ", ".join(reasons) + ".")
     else:
         s.append("No configuration is measurably slower than full fine-tuning here.")

@@ -66,7 +66,7 @@ ATTRIBUTION = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "n
 
 def _attribution(rec: Record) -> dict:
     a = rec.attribution
-    out = {"attr_step_ms": None if a is None else a.step_ms}
+    out = {"attr_step_ms": None if a is None else a.step_ms, "attr_rest_ops": None if a is None else a.rest_ops}
     for c in ATTRIBUTION:
         out[f"attr_{c}_ms"] = None if a is None else a.categories.get(c)
         out[f"attr_{c}_ops"] = None if a is None else a.ops.get(c)

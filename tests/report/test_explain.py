@@ -79,7 +79,7 @@ def test_verdict_names_fastest_least_memory_and_slow_lora(tmp_path):
     # Both LoRA configurations hold exactly the same bytes: a tie, not a winner.
     assert "Least memory: a tie between 2 configurations (lora_all r=8, lora_qk r=8) (" in text
     assert "Slower than full fine-tuning: lora_all r=8 (1.50x, 95% interval 1.4" in text
-    assert "largest cost: the extra operations)" in text
+    assert "largest cost: the extra operations (cost model))" in text
 
 
 def test_a_small_or_uncertain_difference_is_no_verdict(tmp_path):

@@ -3,8 +3,8 @@ import torch
 
 from bench.config import ConfigError
 from bench.measure.counters import param_counts
-from bench.build.model import Transformer
-from bench.build.strategies import STRATEGIES, apply_strategy, get_strategy
+from bench.models.model import Transformer
+from bench.models.strategies import STRATEGIES, apply_strategy, get_strategy
 
 # minimind_v1: d=512, kv=256 (8 of 16 heads x 32), FFN 1408, vocab 6400, 8 blocks.
 # An adapter on an n->m layer has r(n+m) parameters.

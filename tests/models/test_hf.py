@@ -47,7 +47,7 @@ def test_jsonl_uses_the_checkpoints_own_tokenizer(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(tmp_path / "m")
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join('{"text": "the cat sat on the mat a dog sat"}' for _ in range(20)) + "\n")
-    from bench.build.data import JsonlText
+    from bench.models.data import JsonlText
 
     _, s = built("model=hf", f"model.path={tmp_path / 'm'}", "data=jsonl", f"data.path={data}")
     source = s.source

@@ -1,7 +1,7 @@
-"""One rank of a multi-process job: python -m torch.distributed.run ... -m bench.dist.worker DIR.
+"""One rank of a multi-process job: python -m torch.distributed.run ... -m bench.distributed.worker DIR.
 
-Started by bench/dist/launch.py, never by hand. Every rank builds the same model from the same
-seed, draws its own batches (its rank offsets the data seed), wraps the model (bench/dist/wrap.py)
+Started by bench/distributed/launch.py, never by hand. Every rank builds the same model from the same
+seed, draws its own batches (its rank offsets the data seed), wraps the model (bench/distributed/wrap.py)
 and runs the usual measurement protocol into DIR/rank<r>/, counting the collectives of its timed
 steps. A failure is that rank's record; SIGTERM (the job stopping) is an interrupted record.
 """
@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 
 from bench import signals
-from bench.build.setup import seed_everything, setup
+from bench.models.setup import seed_everything, setup
 from bench.config import load_config
-from bench.dist.comm import KINDS, CommCounter
-from bench.dist.wrap import wrap
+from bench.distributed.comm import KINDS, CommCounter
+from bench.distributed.wrap import wrap
 from bench.measure.env import describe
-from bench.job import failure
+from bench.failure import failure
 from bench.measure.protocol import measure
 from bench.record.schema import Comm, Env, Identity, Record
 from bench.record.store import METRICS, write_record

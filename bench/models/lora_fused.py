@@ -1,4 +1,4 @@
-"""The fused LoRA layer (`lora.impl=fused`): the same function as bench/build/lora.py's eager
+"""The fused LoRA layer (`lora.impl=fused`): the same function as bench/models/lora.py's eager
 layer, y = x Wᵀ + b + s · (x_d Aᵀ) Bᵀ, as one autograd node with a hand-written backward.
 
 Why it dispatches fewer operations than the eager layer:
@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.profiler import record_function
 
-from bench.build.lora import LoRALinear
+from bench.models.lora import LoRALinear
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 _NO_RANGE = nullcontext()

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.build import lora_fused
-from bench.build.lora import LoRALinear, merge_all
-from bench.build.lora_fused import FusedLoRALinear, _FusedLoRA, orders
+from bench.models import lora_fused
+from bench.models.lora import LoRALinear, merge_all
+from bench.models.lora_fused import FusedLoRALinear, _FusedLoRA, orders
 from tests.conftest import built, trainer_of
 
 

@@ -1,6 +1,6 @@
 """The reference implementation: a strategy expressed as PEFT's LoraConfig, applied with get_peft_model.
 
-The targets are chosen by the same code as the native backend (bench/build/strategies.py), then
+The targets are chosen by the same code as the native backend (bench/models/strategies.py), then
 handed to PEFT as explicit module names, so both backends adapt exactly the same layers.
 Where a setting has no PEFT equivalent the job is refused (`invalid`) or the difference is
 written into the record's plan, never silently changed.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.build.strategies import Strategy, check_rank, make_plan, select_targets
+from bench.models.strategies import Strategy, check_rank, make_plan, select_targets
 from bench.config import ConfigError, LoraConfig, PeftConfig
 from bench.record.schema import Plan
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.build.lora import LoRALinear, merge_all
-from bench.build.model import Transformer
-from bench.build.strategies import STRATEGIES, apply_strategy
+from bench.models.lora import LoRALinear, merge_all
+from bench.models.model import Transformer
+from bench.models.strategies import STRATEGIES, apply_strategy
 
 
 def _base(i=24, o=40):

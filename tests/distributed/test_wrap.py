@@ -1,5 +1,5 @@
 """Which modules the data-parallel wrappers act on."""
-from bench.dist.wrap import blocks
+from bench.distributed.wrap import blocks
 from tests.conftest import built
 
 

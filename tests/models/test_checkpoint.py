@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from bench.build.checkpoint import auto_path
-from bench.build.data import MarkovChain
+from bench.models.checkpoint import auto_path
+from bench.models.data import MarkovChain
 from bench.config import load_config
 from bench.job import run_job
 from bench.pretrain import pretrain

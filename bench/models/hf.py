@@ -3,7 +3,7 @@
 Optional: needs `pip install -e ".[hf]"`. Never touches the network: configs are built in code
 and checkpoints load with local_files_only=True. The wrapper returns logits, so the trainer,
 counters and strategies treat every model alike (strategies match `q_proj ... lm_head` through
-bench/build/strategies.py's ROLE_NAMES).
+bench/models/strategies.py's ROLE_NAMES).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class CausalLM(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.embedding_grad = True  # see bench/build/model.py: head_only detaches the embedding lookup
+        self.embedding_grad = True  # see bench/models/model.py: head_only detaches the embedding lookup
         model.get_input_embeddings().register_forward_hook(self._maybe_detach)
 
     def _maybe_detach(self, module, args, output):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bench.build.setup import EVAL_SEED_OFFSET, resolve_device
+from bench.models.setup import EVAL_SEED_OFFSET, resolve_device
 from bench.config import ConfigError
 from tests.conftest import built
 
@@ -58,7 +58,7 @@ def test_more_ranks_than_gpus_is_refused_before_any_cuda_call(cfg_of, monkeypatc
     import pytest
     import torch
 
-    from bench.build.setup import resolve_device
+    from bench.models.setup import resolve_device
     from bench.config import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,7 +1,7 @@
 """A multi-process job (dist.nproc > 1): start the ranks through torchrun, merge their records.
 
 The Hydra job stays the orchestrator. It writes the resolved config, runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m bench.dist.worker DIR` in a
+`python -m torch.distributed.run --standalone --nproc-per-node N -m bench.distributed.worker DIR` in a
 process group of its own, and waits. Ctrl-C or SIGTERM stops the whole group (torchrun and every
 rank), so no worker outlives the job. Then one record from N:
 
@@ -46,7 +46,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _launch(cfg: BenchConfig, root: Path) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.dist.nproc}",
-           "-m", "bench.dist.worker", str(root)]
+           "-m", "bench.distributed.worker", str(root)]
     with (root / "torchrun.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1)

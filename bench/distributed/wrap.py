@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.dist.comm import CommCounter, ddp_hook, fsdp_comms
+from bench.distributed.comm import CommCounter, ddp_hook, fsdp_comms
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

@@ -24,7 +24,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0,
                  init: str = "A", init_std: float = 0.02):
         super().__init__()
-        # What trains is set by the strategy (bench/build/strategies.py: set_trainable), not here.
+        # What trains is set by the strategy (bench/models/strategies.py: set_trainable), not here.
         self.base = base
         self.rank, self.scale = rank, scale
         self.in_features, self.out_features = base.in_features, base.out_features

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.build.checkpoint import load_weights, resolve_checkpoint
-from bench.build.data import TokenSource, make_source
-from bench.build.lora import adapter_params
-from bench.build.model import Transformer
-from bench.build.strategies import apply_strategy, get_strategy
+from bench.models.checkpoint import load_weights, resolve_checkpoint
+from bench.models.data import TokenSource, make_source
+from bench.models.lora import adapter_params
+from bench.models.model import Transformer
+from bench.models.strategies import apply_strategy, get_strategy
 from bench.config import BenchConfig, ConfigError
 from bench.record.schema import ModelShape, Plan
 
@@ -77,7 +77,7 @@ def build_model(cfg: BenchConfig) -> nn.Module:
     """The base model, before any strategy."""
     if cfg.model.kind == "native":
         return Transformer(cfg.model)
-    from bench.build import hf
+    from bench.models import hf
 
     return hf.build_llama(cfg.model) if cfg.model.kind == "hf_llama" else hf.load_local(cfg.model.path)
 
@@ -87,7 +87,7 @@ def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:
         m = cfg.model
         return ModelShape(dim=m.dim, n_layers=m.n_layers, hidden=m.hidden, vocab_size=m.vocab_size,
                           max_seq_len=m.max_seq_len)
-    from bench.build import hf
+    from bench.models import hf
 
     return ModelShape(**hf.shape(model))
 
@@ -95,7 +95,7 @@ def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:
 def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict]:
     strategy = get_strategy(cfg.strategy.name)
     if cfg.lora.backend == "peft" and not strategy.train_all:
-        from bench.build.peft_backend import apply_peft, peft_adapter_params
+        from bench.models.peft_backend import apply_peft, peft_adapter_params
 
         model, plan = apply_peft(model, strategy, cfg.lora, cfg.peft)
         return model, plan, peft_adapter_params(model)
@@ -116,7 +116,7 @@ def setup(cfg: BenchConfig, device: torch.device) -> Setup:
         raise ConfigError("train.seq_len", f"{cfg.train.seq_len} exceeds the model's maximum {shape.max_seq_len}")
     encode = None
     if cfg.model.kind == "hf" and cfg.data.name == "jsonl":
-        from bench.build.hf import local_tokenizer
+        from bench.models.hf import local_tokenizer
 
         encode = local_tokenizer(cfg.model.path)  # the checkpoint's own tokenizer, if it has one
     source = make_source(cfg.data, shape.vocab_size, encode)

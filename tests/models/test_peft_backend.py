@@ -5,7 +5,7 @@ import torch
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from bench.build.lora import lora_modules  # noqa: E402
+from bench.models.lora import lora_modules  # noqa: E402
 from bench.measure.timer import StepTimer  # noqa: E402
 from tests.build.test_hf import CLOSED, _prepared  # noqa: E402
 from tests.conftest import trainer_of  # noqa: E402

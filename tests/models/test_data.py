@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.config import ConfigError
-from bench.build.data import JsonlText, MarkovChain, RandomTokens
+from bench.models.data import JsonlText, MarkovChain, RandomTokens
 
 
 def test_markov_stationary_law_and_floor():

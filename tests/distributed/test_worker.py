@@ -2,7 +2,7 @@
 import json
 import os
 
-from bench.dist.worker import main
+from bench.distributed.worker import main
 from bench.record.store import read_record
 from tests.conftest import FAST, compose_cfg
 from bench.job import to_node

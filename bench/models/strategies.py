@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from bench.build.lora import LoRALinear, adapter_params
-from bench.build.lora_fused import FusedLoRALinear, share_input
+from bench.models.lora import LoRALinear, adapter_params
+from bench.models.lora_fused import FusedLoRALinear, share_input
 from bench.config import ConfigError, LoraConfig
 from bench.record.schema import Plan
 
@@ -29,7 +29,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
 }
 BLOCK_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 # Roles whose layers read the same input in every architecture we know: a fused layer computes
-# them as one node (bench/build/lora_fused.py: share_input).
+# them as one node (bench/models/lora_fused.py: share_input).
 SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bench.build.model import Transformer, param_count
+from bench.models.model import Transformer, param_count
 from tests.conftest import compose_cfg
 
 

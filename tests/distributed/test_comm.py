@@ -1,8 +1,8 @@
 """The collective counters, alone; the counts of real two-rank jobs are in test_launch.py."""
 import torch
 
-from bench.dist.comm import CommCounter
-from bench.dist.worker import TimedSteps
+from bench.distributed.comm import CommCounter
+from bench.distributed.worker import TimedSteps
 
 
 def test_counter_adds_payload_bytes_by_kind_and_resets():
