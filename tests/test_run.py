@@ -34,3 +34,15 @@ def test_real_multirun_writes_one_record_per_job(tmp_path):
     assert res.stdout.count("[ok]") == 7 and res.stdout.count("[skip]") == 1
 
 
+
+
+def test_full_fine_tuning_runs_once_in_a_peft_sweep_and_says_the_lora_keys_did_not_apply(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "strategy=full,lora_all", "lora.backend=peft", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = {r["identity"]["strategy"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}
+    assert records["full"]["status"] == "ok" and records["lora_all"]["status"] == "ok"
+    assert records["full"]["identity"]["backend"] is None
+    assert any("do not apply to strategy=full" in n for n in records["full"]["plan"]["notes"])
+    assert records["lora_all"]["identity"]["backend"] == "peft"
+    assert "Fastest:" in (sweep / "report" / "report.md").read_text()

@@ -7,7 +7,7 @@ pytest.importorskip("transformers")
 
 from bench.models.lora import lora_modules  # noqa: E402
 from bench.measure.timer import StepTimer  # noqa: E402
-from tests.build.test_hf import CLOSED, _prepared  # noqa: E402
+from tests.models.test_hf import CLOSED, _prepared  # noqa: E402
 from tests.conftest import trainer_of  # noqa: E402
 
 
@@ -46,8 +46,10 @@ def test_peft_refuses_what_it_cannot_express():
 
     with pytest.raises(ConfigError, match="lora.init"):
         _prepared("strategy=lora_qk", "lora.backend=peft", "lora.init=B")
-    with pytest.raises(ConfigError, match="lora.backend"):
-        _prepared("strategy=full", "lora.backend=peft")
+    # Full fine-tuning has nothing for PEFT to adapt: it is built as it always is, and says so.
+    _, _, _, s = _prepared("strategy=full", "lora.backend=peft")
+    assert any("do not apply to strategy=full" in n for n in s.plan.notes)
+    assert all(p.requires_grad for p in s.model.parameters())
 
 
 def test_lora_plus_groups_find_peft_names():

@@ -47,3 +47,37 @@ def test_median_interval_holds_the_median_of_paired_ratios():
     lo, hi = median_interval(ratios)
     assert lo <= np.median(ratios) <= hi and 0.90 <= lo and hi <= 1.10
     assert median_interval(np.full(20, 0.8)) == (0.8, 0.8)  # no spread, no interval
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(ratio=st.floats(0.2, 5.0), spread=st.floats(0.0, 0.3), repeats=st.integers(1, 4),
+       paired=st.booleans(), seed=st.integers(0, 10_000))
+def test_a_verdict_never_contradicts_its_interval(tmp_path_factory, ratio, spread, repeats, paired, seed):
+    """Generated records (either comparison, any noise): slower only above 1 by the margin,
+    faster only below, and never a verdict from one uncalibrated repeat."""
+    from bench.report.explain import aggregate
+    from bench.report.load import load_records
+    from tests.fixtures import paired as with_pairs, record, write
+
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("gen")
+    for r in range(repeats):
+        f = float(np.exp(rng.normal(0, spread)))
+        write(root, f"f{r}", record(step=20.0 * f, spread=(19.0 * f, 21.0 * f), repeat=r))
+        step = 20.0 * ratio * float(np.exp(rng.normal(0, spread)))
+        rec = record(strategy="lora_all", rank=8, step=step, spread=(0.95 * step, 1.05 * step), repeat=r)
+        if paired:
+            rec = with_pairs(rec, list(ratio * np.exp(rng.normal(0, spread / 3 + 1e-3, size=5))))
+        write(root, f"l{r}", rec)
+    row = aggregate(load_records([root]), host_noise=False).set_index("label").loc["lora_all r=8"]
+    if row.verdict == "slower":
+        assert row.vs_full_lo > 1 and row.vs_full >= 1.05
+    elif row.verdict == "faster":
+        assert row.vs_full_hi < 1 and row.vs_full <= 0.95
+    if not row.calibrated:
+        assert row.verdict == "unjudged"
+    assert row.vs_full_lo <= row.vs_full <= row.vs_full_hi
