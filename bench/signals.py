@@ -67,3 +67,20 @@ def point(phase: str) -> None:
     if os.environ.get("LORA_BENCH_SIGNAL_AT") == phase:
         os.environ.pop("LORA_BENCH_SIGNAL_AT")  # once: the first time the phase is reached
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def stop_group(proc, signals_and_waits) -> None:
+    """Stop a child started with start_new_session=True, its whole process group: each signal in
+    turn, waiting its seconds for the child to exit, until it has."""
+    import subprocess
+
+    for sig, wait in signals_and_waits:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

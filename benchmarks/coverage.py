@@ -110,7 +110,7 @@ def render(runs: list[dict], fulls: list[dict], cov: dict, how: str) -> str:
                      f"{p['median_hits']}/{p['n']} | {'/'.join(kinds)} |")
     steps = [f["step_ms"] for f in fulls if "step_ms" in f]
     reps = sorted({r[k]["repeats"] for r in runs for k in r})
-    lines += ["", f"Full fine-tuning per run, step ms (median over its repeats): "
+    lines += ["", "Full fine-tuning per run, step ms (median over its repeats): "
                   + ", ".join(f"{s:.2f}" for s in steps)
               + (f"; between runs {min(steps):.2f}-{max(steps):.2f} ({(max(steps) / min(steps) - 1) * 100:.0f}%)"
                  if steps else ""),

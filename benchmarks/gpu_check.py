@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench, from a checkout that is not installed (a lent GPU's)
 TARBALL_LIMIT = 16 * 2**20
 
 
@@ -120,16 +121,9 @@ def _env() -> dict[str, str]:
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGINT to the part's process group (a sweep stops between steps and keeps its records);
     SIGKILL if it is still there after the grace period."""
-    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    from bench.signals import stop_group
+
+    stop_group(proc, ((signal.SIGINT, grace_s), (signal.SIGKILL, 10.0)))
 
 
 def run_part(part: Part, deadline: float, log: Path, grace: float) -> Outcome:

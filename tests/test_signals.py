@@ -59,5 +59,5 @@ def test_a_sigint_in_any_phase_of_a_sweep_is_never_lost(tmp_path, phase):
     else:
         assert records and (sweep / "report" / "report.md").exists()
     if phase in ("job_start", "timed_step", "paired_step", "job_end"):
-        assert f"Resume it (jobs already measured are skipped): python -m bench.run" in res.stderr
+        assert "Resume it (jobs already measured are skipped): python -m bench.run" in res.stderr
         assert f"hydra.sweep.dir={sweep}" in res.stderr

@@ -32,16 +32,7 @@ from bench.record.store import METRICS, RANKS, STEPS, StepLog, read_record, read
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to torchrun and every rank (one process group), SIGKILL to what is left."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    signals.stop_group(proc, ((signal.SIGTERM, 20), (signal.SIGKILL, 10)))
 
 
 def _launch(cfg: BenchConfig, root: Path) -> int:
