@@ -53,7 +53,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(ratio=st.floats(0.2, 5.0), spread=st.floats(0.0, 0.3), repeats=st.integers(1, 4),
        paired=st.booleans(), seed=st.integers(0, 10_000))
 def test_a_verdict_never_contradicts_its_interval(tmp_path_factory, ratio, spread, repeats, paired, seed):
