@@ -82,7 +82,8 @@ def plan(work: Path, rehearse: bool) -> list[Part]:
                  [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_cuda.py"])
     if rehearse:
         sweeps = [("minimind_88", "minimind_88", 20, ["repeat=0", *TINY]),
-                  ("launch_bound", "launch_bound", 10, ["repeat=0", *TINY]),
+                  # Two repeats: the summary's tables label repeats, as the GPU's 3-repeat sweeps need.
+                  ("launch_bound", "launch_bound", 14, ["repeat=0,1", *TINY]),
                   ("fixes_gpu", "fixes_gpu", 12, ["repeat=0", "+cell=launch_bound", "+fix=eager,fused", *TINY]),
                   ("backends", "backends", 30, ["repeat=0", *TINY])]
     else:

@@ -32,7 +32,8 @@ def test_rehearsal_ends_inside_its_budget_with_tarball_summary_and_filing(tmp_pa
     assert tail[-1].startswith("- tarball:") and f"of a {budget} s budget" in tail[-1]
     summary = "\n".join(tail[-20:])
     assert "- cuda_tests: ok" in summary and "- minimind_88: ok" in summary and "jobs: 5 ok" in summary
-    assert "- minimind_88 verdict: Verdict." in summary
+    assert "- minimind_88 verdict: Verdict." in summary and "jobs: 4 ok" in summary  # launch_bound, 2 repeats
+    assert "| lora_all r=8 (repeat 1) |" in r.stdout  # the summary's table of a sweep with repeats
     assert "skipped (needs ~" in summary  # the budget does not hold every part: the last ones wait
     assert (tmp_path / "out" / "summary.md").read_text() == (work / "summary.md").read_text()
     with tarfile.open(tmp_path / "out" / "gpu_check.tar.gz") as tar:

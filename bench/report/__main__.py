@@ -27,9 +27,9 @@ def compact_table(df: pd.DataFrame) -> str:
     """One setting's ok records as a short Markdown table."""
     df = with_ratios(df[df.status == "ok"])
     keys = varying_keys(df)
-    several = df.repeat.nunique(dropna=True) > 1  # rows of one configuration, told apart
+    several = df["repeat"].nunique(dropna=True) > 1  # rows of one configuration, told apart
     out = pd.DataFrame({
-        "configuration": [variant_label(r, keys) + (f" (repeat {_fmt(r.repeat, '.0f')})" if several else "")
+        "configuration": [variant_label(r, keys) + (f" (repeat {_fmt(r['repeat'], '.0f')})" if several else "")
                           for _, r in df.iterrows()],
         "step ms (p10-p90)": [f"{_fmt(a, '.2f')} ({_fmt(b, '.2f')}-{_fmt(c, '.2f')})"
                               for a, b, c in zip(df.step_ms, df.step_p10_ms, df.step_p90_ms)],

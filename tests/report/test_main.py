@@ -32,3 +32,17 @@ def test_table_prints_and_no_html_skips_the_heavy_file(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0 and (root / "report" / "report.md").exists()
     assert not (root / "report" / "report.html").exists()
+
+
+def test_table_labels_each_repeat(tmp_path):
+    from tests.fixtures import repeats
+
+    root = tmp_path / "s"
+    for i, rec in enumerate(repeats(n=2) + repeats(n=2, **SLOW_BY_OPS)):
+        write(root, str(i), rec)
+    res = subprocess.run([sys.executable, "-m", "bench.report", str(root), "--table"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    labels = [ln.split(" | ")[0].lstrip("| ") for ln in res.stdout.splitlines() if ln.startswith("| full") or
+              ln.startswith("| lora")]
+    assert labels == ["full (repeat 0)", "full (repeat 1)", "lora_all r=8 (repeat 0)", "lora_all r=8 (repeat 1)"]
