@@ -33,6 +33,9 @@ MODEL_KINDS = ("native", "hf_llama", "hf")
 BACKENDS = ("native", "peft")
 IMPLS = ("eager", "fused")
 DIST_MODES = ("ddp", "fsdp")
+QUANT_BASES = ("none", "nf4")               # room for int8
+QUANT_SCOPES = ("adapted", "frozen")
+CHECKPOINTING = ("none", "blocks", "selective")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class LoraConfig:
     lr_ratio: float
     backend: str
     impl: str
+    dora: bool  # DoRA (Liu et al. 2024): a trained magnitude per output row, the direction normalised each step
 
     @property
     def scale(self) -> float:
@@ -126,6 +130,16 @@ class TrainConfig:
     compile_cache: bool
     cuda_graphs: bool
     memory_budget_gb: Optional[float]
+    checkpointing: str  # none | blocks | selective (bench/models/recompute.py)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """The frozen base stored quantized (QLoRA): bench/models/quant.py."""
+    base: str               # none | nf4
+    scope: str              # adapted: the base weights of the adapted layers | frozen: every frozen linear
+    block_size: int         # weights per absmax scale (torchao and bitsandbytes: 64)
+    scaler_block_size: int  # scales per second-level scale (torchao's double quantization: 256)
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,7 @@ class BenchConfig:
     strategy: StrategyConfig
     data: DataConfig
     lora: LoraConfig
+    quant: QuantConfig
     train: TrainConfig
     pretrain: PretrainConfig
     peft: PeftConfig
@@ -326,6 +341,37 @@ def _check_dist(c: BenchConfig) -> None:
         raise ConfigError("dist.nproc", "fp16's grad scaler is not wired across ranks; use bf16 or fp32")
 
 
+def _check_variants(c: BenchConfig) -> None:
+    """QLoRA and DoRA: what they cannot combine with, each refused with its reason. The checks that
+    need the built model (a layer's size against the NF4 blocks) are in bench/models/quant.py."""
+    q, r, t = c.quant, c.lora, c.train
+    _one_of("quant.base", q.base, QUANT_BASES)
+    _one_of("quant.scope", q.scope, QUANT_SCOPES)
+    _positive("quant.block_size", q.block_size)
+    _positive("quant.scaler_block_size", q.scaler_block_size)
+    if q.base != "none":
+        if c.strategy.name in ("full", "head_only"):
+            raise ConfigError("quant.base", f"strategy={c.strategy.name} trains base weights, and a {q.base} weight "
+                                            "cannot be trained (QLoRA quantizes only the frozen base)")
+        if r.impl == "fused":
+            raise ConfigError("lora.impl", "the fused layer multiplies a dense base weight; a quantized base "
+                                           "runs with lora.impl=eager")
+        if t.compile or t.cuda_graphs:
+            raise ConfigError("quant.base", "a quantized base is measured eager only (train.compile and "
+                                            "train.cuda_graphs off)")
+        if c.dist.nproc > 1:
+            raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
+                                            "(dist.nproc=1)")
+        if q.block_size % 2:
+            raise ConfigError("quant.block_size", f"must be even (two 4-bit codes per byte), got {q.block_size}")
+    if r.dora:
+        if r.impl == "fused":
+            raise ConfigError("lora.dora", "the fused layer has no DoRA path; DoRA runs with lora.impl=eager")
+        if c.dist.nproc > 1 and c.dist.mode == "fsdp":
+            raise ConfigError("lora.dora", "DoRA's weight norm reads the whole base weight, which FSDP shards "
+                                           "(dist.mode=ddp)")
+
+
 def _check_training(c: BenchConfig) -> None:
     m = c.model
     r = c.lora
@@ -362,8 +408,10 @@ def _check_training(c: BenchConfig) -> None:
     _positive("train.eval_every", t.eval_every, allow_zero=True)
     _positive("lora.lr_ratio", r.lr_ratio)
 
+    _one_of("train.checkpointing", t.checkpointing, CHECKPOINTING)
     _check_fixes(c)
     _check_dist(c)
+    _check_variants(c)
     p = c.pretrain
     for name in ("steps", "lr", "batch_size", "seq_len"):
         _positive(f"pretrain.{name}", getattr(p, name))

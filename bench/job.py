@@ -68,10 +68,17 @@ def identity(node: dict, overrides: list[str] | None = None) -> Identity:
                     overrides=overrides)
 
 
+# Variant keys at their plain values (bench/report/load.py VARIANTS) are left out of the key too:
+# a plain job keeps the key it had before the keys existed, so older records and resumes still match.
+_PLAIN = {("quant",): lambda n: _get(n, "quant", "base") in (None, "none"),
+          ("lora", "dora"): lambda n: _get(n, "lora", "dora") in (None, False),
+          ("train", "checkpointing"): lambda n: _get(n, "train", "checkpointing") in (None, "none")}
+
+
 def config_key(node: dict) -> str:
     """A stable hash of what a job measures: the resolved configuration (no output paths in it),
     less the keys its strategy ignores, so `full` swept over lora.rank is one configuration."""
-    ignored = set(_NOT_MEASURED)
+    ignored = set(_NOT_MEASURED) | {k for k, plain in _PLAIN.items() if plain(node)}
     name = _get(node, "strategy", "name")
     strategy = STRATEGIES.get(name) if isinstance(name, str) else None
     if strategy is not None:

@@ -16,6 +16,13 @@ tensor shapes, and nothing in PEFT is edited: its layers are recognised by type.
     norm_activation_other  norms, activations, embedding, loss, everything else of the model
     compiled               (train.compile) the compiled graphs' forward and backward calls: inside
                            one, base, adapter and the rest are fused and cannot be told apart
+    dequantize             (quant.base) a 4-bit base weight made dense for a product, forward and
+                           backward: the native layer's lb::dequantize ranges, and any operation
+                           named *dequantize* (bitsandbytes' kernels)
+    dora_norm              (lora.dora) the weight norm DoRA recomputes every step (native: its
+                           lb::dora_norm range; PEFT: its DoRA module's own work, whose A and B
+                           products stay adapter_matmul)
+    recompute              (train.checkpointing) a checkpointed block's forward run again in backward
     communication          (dist.nproc > 1) collectives and waits on them, where the training
                            thread runs or blocks on them: communication not hidden behind compute
     gradients              accumulating gradients into .grad (one per trainable tensor)
@@ -40,7 +47,8 @@ import torch.nn as nn
 from torch.autograd.profiler import record_function
 
 CATEGORIES = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-              "compiled", "communication", "gradients", "optimizer", "framework")
+              "dequantize", "dora_norm", "recompute", "compiled", "communication", "gradients", "optimizer",
+              "framework")
 ADAPTER = ("adapter_matmul", "adapter_other")
 REST_TOP = 5  # the largest operations of norm_activation_other kept by name (ms each)
 PREFIX = "lb::"
@@ -58,7 +66,9 @@ def module_categories(model: nn.Module) -> dict[nn.Module, str]:
     cats: dict[nn.Module, str] = {}
     for name, m in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(m, FusedLoRALinear):
+        if type(m).__name__ == "DoraLinearLayer":  # PEFT's DoRA module: norm and magnitude
+            cats[m] = "dora_norm"
+        elif isinstance(m, FusedLoRALinear):
             cats[m] = "adapter_matmul"      # one node computes the base and adapter products together
         elif isinstance(m, LoRALinear) or (peft_layer is not None and isinstance(m, peft_layer)):
             cats[m] = "adapter_other"       # what the wrapper adds around its parts
@@ -111,6 +121,8 @@ def _category(event, forward_of: dict[int, str]) -> str:
         return "communication"
     if "Compiled" in name:  # CompiledFunction, CompiledFunctionBackward, Torch-Compiled Region
         return "compiled"
+    if "dequantize" in name:
+        return "dequantize"
     if name.startswith("autograd::engine::evaluate_function: "):
         if "AccumulateGrad" in name:
             return "gradients"
@@ -149,7 +161,7 @@ def _inner_ranges(event) -> dict[str, tuple[float, int]]:
     todo = list(event.cpu_children)
     while todo:
         d = todo.pop()
-        cat = d.name[len(PREFIX):] if d.name.startswith(PREFIX) else None
+        cat = d.name[len(PREFIX):] if d.name.startswith(PREFIX) else "dequantize" if "dequantize" in d.name else None
         if cat in CATEGORIES:
             us, n = out.get(cat, (0.0, 0))
             out[cat] = (us + d.time_range.elapsed_us(), n + 1)

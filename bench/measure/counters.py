@@ -50,8 +50,20 @@ def _ptr(t: torch.Tensor) -> int | None:
         return None
 
 
+_ACTIVE: list["SavedTensors"] = []
+
+
+def hold(tensors) -> None:
+    """Tensors a step keeps for backward outside autograd's saved-tensor hooks: an activation
+    checkpoint's inputs and the outputs it saves (bench/models/recompute.py). Counted by the
+    active counter, if any; a no-op on every other step."""
+    for counter in _ACTIVE:
+        for t in tensors:
+            counter._pack(t)
+
+
 class SavedTensors:
-    """Counts the bytes autograd saves for backward while active."""
+    """Counts the bytes autograd saves for backward while active (and what `hold` is told of)."""
 
     def __init__(self, model: nn.Module):
         # A sharded (FSDP) parameter is a DTensor: its own storage is that of its local shard.
@@ -65,9 +77,9 @@ class SavedTensors:
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
             storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+            ptr = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage (a 4-bit weight)
             return t
-        ptr = storage.data_ptr()
         if ptr and ptr not in self._params:
             # Holding the storage keeps its address from being reused by another tensor
             # inside this step, which would make two storages count as one.
@@ -76,8 +88,12 @@ class SavedTensors:
 
     @contextmanager
     def active(self):
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
-            yield self
+        _ACTIVE.append(self)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+                yield self
+        finally:
+            _ACTIVE.remove(self)
 
 
 class StepCounts:
@@ -115,8 +131,34 @@ def _unique(tensors) -> list[torch.Tensor]:
     return out
 
 
+def stored_bytes(t: torch.Tensor) -> int:
+    """The bytes a tensor really holds. A wrapper subclass (torchao's NF4Tensor) reports its dense
+    shape's nbytes: its inner tensors are what is stored. A bitsandbytes Params4bit holds the packed
+    codes, and its quant_state the block scales. A DTensor (FSDP) keeps its global nbytes, as the
+    records of sharded jobs always have."""
+    if hasattr(t, "__tensor_flatten__") and type(t).__name__ != "DTensor" and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(stored_bytes(getattr(t, n)) for n in names)
+    total = t.nbytes
+    state = getattr(t, "quant_state", None)
+    if state is not None:
+        total += _quant_state_bytes(state)
+    return total
+
+
+def _quant_state_bytes(state) -> int:
+    total = 0
+    for name in ("absmax", "code", "offset"):
+        v = getattr(state, name, None)
+        if torch.is_tensor(v):
+            total += v.nbytes
+    nested = getattr(state, "state2", None)
+    return total + (_quant_state_bytes(nested) if nested is not None else 0)
+
+
 def weights_bytes(model: nn.Module) -> int:
-    return sum(p.nbytes for p in _unique(model.parameters()))
+    """Parameters as stored (a 4-bit base counts its packed bytes), each shared tensor once."""
+    return sum(stored_bytes(p) for p in _unique(model.parameters()))
 
 
 def grads_bytes(model: nn.Module) -> int:

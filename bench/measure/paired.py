@@ -26,7 +26,7 @@ import torch
 
 from bench import signals
 from bench.models.setup import Setup, seed_everything, setup
-from bench.config import BenchConfig, StrategyConfig
+from bench.config import BenchConfig, QuantConfig, StrategyConfig
 from bench.measure.figures import stats
 from bench.measure.timer import StepTimer
 from bench.measure.trainer import Trainer
@@ -36,9 +36,22 @@ from bench.record.store import StepLog
 BASE_WARMUP = 2  # the baseline's untimed steps; the job's own model is warm from its protocol
 
 
+def baseline_config(cfg: BenchConfig) -> BenchConfig:
+    """Full fine-tuning as people run it, in this job's setting: no 4-bit base, no checkpointing
+    (DoRA is a LoRA key, which full fine-tuning does not read). A variant's cost is then its ratio
+    to this against plain LoRA's ratio to it (bench/report/variants.py)."""
+    return dataclasses.replace(cfg, strategy=StrategyConfig(name="full"),
+                               quant=QuantConfig(**{**dataclasses.asdict(cfg.quant), "base": "none"}),
+                               train=dataclasses.replace(cfg.train, checkpointing="none"))
+
+
+def is_baseline(cfg: BenchConfig) -> bool:
+    return cfg.strategy.name == "full" and cfg.train.checkpointing == "none" and cfg.quant.base == "none"
+
+
 def unpaired_reason(cfg: BenchConfig) -> str | None:
-    """Why this job has no paired baseline (None: it has one). Only the reasons that apply to a
-    LoRA job are recorded; full fine-tuning is the baseline and gets no section at all."""
+    """Why this job has no paired baseline (None: it has one). Plain full fine-tuning is the
+    baseline and gets no section at all."""
     t = cfg.train
     if t.paired_steps == 0:
         return "train.paired_steps=0"
@@ -52,14 +65,15 @@ def unpaired_reason(cfg: BenchConfig) -> str | None:
 
 
 def measure_paired(cfg: BenchConfig, s: Setup, trainer: Trainer, log: StepLog) -> Paired | None:
-    """The paired section of a job that has run its protocol (None for full fine-tuning)."""
-    if cfg.strategy.name == "full":
+    """The paired section of a job that has run its protocol (None for the baseline itself: plain
+    full fine-tuning; full fine-tuning with checkpointing is paired with it)."""
+    if is_baseline(cfg):
         return None
     reason = unpaired_reason(cfg)
     if reason is not None:
         return Paired(skipped=reason)
     t = cfg.train
-    base_cfg = dataclasses.replace(cfg, strategy=StrategyConfig(name="full"))
+    base_cfg = baseline_config(cfg)
     seed_everything(t.seed)
     try:
         b = setup(base_cfg, s.device)

@@ -218,7 +218,7 @@ def measure(cfg: BenchConfig, s: Setup, out_dir: Path, rec: Record, on_step=None
     loss and calibration sections). Raises Diverged or OutOfMemory with the failing step.
     `on_step(i, kind)` is called after each step (a data-parallel rank counts its collectives)."""
     t = cfg.train
-    rec.plan, rec.model_shape = s.plan, s.shape
+    rec.plan, rec.model_shape, rec.quant = s.plan, s.shape, s.quant
     rec.params = Params(**counters.param_counts(s.model))
     rec.work = Work(tokens_per_step=t.batch_size * t.seq_len * t.grad_accum)
     rec.memory = Memory()

@@ -11,6 +11,16 @@ s = alpha / r (or alpha / sqrt(r) with rsLoRA). One of A, B starts at zero, so a
 adapted model computes exactly what the base model computes. The scale is applied to the
 r-wide intermediate, not the out-wide result: same function, fewer multiplications; at s = 1
 there is no multiply at all. `merge()` folds s · B @ A into W for inference, once.
+
+DoRA (Liu et al. 2024, `dora=True`) splits the adapted weight into a direction and a trained
+magnitude m, one per output row:
+
+    y = m / ‖W + s·B·A‖ ⊙ (W x + s · B A x)        ‖·‖ per row, recomputed every step, detached
+
+written as PEFT writes it, W x + (g - 1)·W x + g·s·B A x with g = m / ‖W + s·B·A‖, so that the
+base product is computed once (with dropout > 0 PEFT multiplies the dropped input by W a second
+time; so does this layer). The norm reads the whole base weight, dequantized for a 4-bit base,
+every step: DoRA's extra cost, which the profiler sees as an `lb::dora_norm` range.
 """
 from __future__ import annotations
 
@@ -19,10 +29,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.profiler import record_function
 
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0,
-                 init: str = "A", init_std: float = 0.02):
+                 init: str = "A", init_std: float = 0.02, dora: bool = False):
         super().__init__()
         # What trains is set by the strategy (bench/models/strategies.py: set_trainable), not here.
         self.base = base
@@ -35,6 +46,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_adapter(init, init_std)
+        # DoRA's magnitude starts at the adapted weight's row norms, so step 0 computes W x exactly.
+        self.magnitude = nn.Parameter(self.weight_norm(w.dtype)) if dora else None
 
     def reset_adapter(self, init: str, init_std: float = 0.02) -> None:
         """Init schemes of Hayou et al. 2024: A random/B zero ("A"), B random/A zero ("B")."""
@@ -53,27 +66,65 @@ class LoRALinear(nn.Module):
     def adapter_params(self) -> dict[str, nn.Parameter]:
         """The trainable adapter parameters by role, A (down) and B (up): torchtune's
         AdapterModule protocol, with roles so that LoRA+ can give B its own learning rate."""
-        return {"A": self.lora_a, "B": self.lora_b}
+        roles = {"A": self.lora_a, "B": self.lora_b}
+        return roles if self.magnitude is None else {**roles, "M": self.magnitude}
+
+    def base_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dense base weight (a 4-bit base dequantized: bench/models/quant.py)."""
+        dequantized = getattr(self.base, "dequantized", None)
+        return dequantized(dtype) if dequantized is not None else self.base.weight.to(dtype)
+
+    @torch.no_grad()
+    def weight_norm(self, dtype: torch.dtype) -> torch.Tensor:
+        """‖W + s·B·A‖ per output row, outside autograd (DoRA's section 4.3: treated as a constant)."""
+        if torch.autograd._profiler_enabled():
+            with record_function("lb::dora_norm"):
+                return self._weight_norm(dtype)
+        return self._weight_norm(dtype)
+
+    def _weight_norm(self, dtype: torch.dtype) -> torch.Tensor:
+        w = self.base_weight(dtype) + self.scale * (self.lora_b.to(dtype) @ self.lora_a.to(dtype))
+        return torch.linalg.norm(w, dim=1).to(dtype)
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """DoRA: m = the current row norms (after the base changed, e.g. when it was quantized)."""
+        if self.magnitude is not None:
+            self.magnitude.copy_(self.weight_norm(self.magnitude.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:  # the update already lives in the base weight
             return self.base(x)
-        low = F.linear(self.dropout(x), self.lora_a)
+        dropped = self.dropout(x)
+        low = F.linear(dropped, self.lora_a)
         if self.scale != 1.0:
             low = low * self.scale
-        return self.base(x) + F.linear(low, self.lora_b)
+        result = self.base(x)
+        lora = F.linear(low, self.lora_b)
+        if self.magnitude is None:
+            return result + lora
+        g = self.magnitude / self.weight_norm(result.dtype)
+        # PEFT's order of operations; with dropout in training, the base product of the dropped input.
+        base = result if isinstance(self.dropout, nn.Identity) or not self.training else \
+            F.linear(dropped, self.base_weight(result.dtype))
+        return result + (g - 1) * base + g * lora
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """Fold s·B@A into the base weight and return the plain nn.Linear. Idempotent: a second
         call must not add the update twice, so the layer remembers that it merged."""
         if not self.merged:
-            self.base.weight += self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
+            if self.magnitude is not None:  # the merged weight is the normalised direction times m
+                w = self.base.weight + self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
+                self.base.weight.copy_(w * (self.magnitude / self.weight_norm(w.dtype)).unsqueeze(1))
+            else:
+                self.base.weight += self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
             self.merged = True
         return self.base
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+                + (", dora" if self.magnitude is not None else ""))
 
 
 def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -81,8 +132,9 @@ def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
 
 
 def adapter_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Every adapter parameter of `model` by role ("A", "B"), asked of the layers themselves."""
-    out: dict[str, list[nn.Parameter]] = {"A": [], "B": []}
+    """Every adapter parameter of `model` by role ("A", "B", and DoRA's magnitudes "M"), asked of the
+    layers themselves."""
+    out: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "M": []}
     for _, module in lora_modules(model):
         for role, p in module.adapter_params().items():
             out[role].append(p)

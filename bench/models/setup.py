@@ -18,10 +18,12 @@ import torch.nn as nn
 from bench.models.checkpoint import load_weights, resolve_checkpoint
 from bench.models.data import TokenSource, make_source
 from bench.models.lora import adapter_params
+from bench.models.lora import lora_modules
 from bench.models.model import Transformer
+from bench.models.recompute import apply_checkpointing
 from bench.models.strategies import apply_strategy, get_strategy
 from bench.config import BenchConfig, ConfigError
-from bench.record.schema import ModelShape, Plan
+from bench.record.schema import ModelShape, Plan, Quant
 
 # The held-out set is drawn from its own stream, the same for every job on one language.
 EVAL_SEED_OFFSET = 10_000
@@ -36,6 +38,7 @@ class Setup:
     adapters: dict[str, list[nn.Parameter]]  # by role, "A" and "B": LoRA+ reads B
     eval_batches: list[torch.Tensor]
     device: torch.device
+    quant: Quant | None = None    # quant.base: what was quantized, and its bytes
     data_seed: int | None = None  # None: train.seed; a data-parallel rank draws from its own stream
 
     def train_batches(self, cfg: BenchConfig, n_steps: int) -> Iterator[list[torch.Tensor]]:
@@ -92,17 +95,26 @@ def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:
     return ModelShape(**hf.shape(model))
 
 
-def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict]:
+def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict, Quant | None]:
+    """The strategy with its variants: the adapters (DoRA's magnitudes among them), then the base
+    quantized under them (QLoRA), then the blocks checkpointed."""
     strategy = get_strategy(cfg.strategy.name)
     if cfg.lora.backend == "peft" and not strategy.train_all:
         from bench.models.peft_backend import apply_peft, peft_adapter_params
 
-        model, plan = apply_peft(model, strategy, cfg.lora, cfg.peft)
-        return model, plan, peft_adapter_params(model)
+        model, plan, quant = apply_peft(model, strategy, cfg.lora, cfg.peft, cfg.quant, cfg.train.precision)
+        return model, plan, peft_adapter_params(model), quant
     plan = apply_strategy(model, strategy, cfg.lora)
     if not strategy.uses_lora:  # a sweep over LoRA keys runs this strategy once (bench/job.py config_key)
         plan.notes.append(f"the lora.* keys (backend, impl, rank, alpha, ...) do not apply to strategy={strategy.name}")
-    return model, plan, adapter_params(model)
+    quant = None
+    if cfg.quant.base != "none":
+        from bench.models.quant import quantize_native
+
+        quant = quantize_native(model, cfg.quant, plan.adapted)
+        for _, layer in lora_modules(model):  # DoRA's magnitude: the norms of the weight as it is now stored
+            layer.reset_magnitude()
+    return model, plan, adapter_params(model), quant
 
 
 def setup(cfg: BenchConfig, device: torch.device) -> Setup:
@@ -120,10 +132,16 @@ def setup(cfg: BenchConfig, device: torch.device) -> Setup:
 
         encode = local_tokenizer(cfg.model.path)  # the checkpoint's own tokenizer, if it has one
     source = make_source(cfg.data, shape.vocab_size, encode)
-    model, plan, adapters = _apply(cfg, model)
+    model, plan, adapters, quant = _apply(cfg, model)
+    note = apply_checkpointing(model, cfg.train.checkpointing)
+    if note:
+        plan.notes.append(note)
+    if quant is not None:
+        plan.notes.append(f"quant.base={quant.scheme} ({quant.library}): {len(quant.layers)} frozen linears stored in "
+                          f"4 bits, {quant.bytes_before / 2**20:.2f} -> {quant.bytes_after / 2**20:.2f} MiB")
     plan.checkpoint = None if checkpoint is None else str(checkpoint)
     model.to(device).train()
     t = cfg.train
     eval_gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.data.seed)
     evals = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
-    return Setup(model, plan, shape, source, adapters, evals, device)
+    return Setup(model, plan, shape, source, adapters, evals, device, quant)

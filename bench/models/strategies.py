@@ -182,11 +182,12 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
         for name in adapted:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
+            extra = {"dora": True} if lora.dora else {}  # config refuses DoRA on the fused layer
             setattr(parent, child, layer(getattr(parent, child), lora.rank, lora.scale,
-                                         lora.dropout, lora.init, lora.init_std))
+                                         lora.dropout, lora.init, lora.init_std, **extra))
     trained = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _role_of(n) in strategy.train]
     roles = adapter_params(model)
-    set_trainable(model, roles["A"] + roles["B"] + [model.get_submodule(n).weight for n in trained])
+    set_trainable(model, roles["A"] + roles["B"] + roles["M"] + [model.get_submodule(n).weight for n in trained])
     if trained and hasattr(model, "embedding_grad"):
         # The head is tied to the embedding: train only the head's use of the shared matrix.
         model.embedding_grad = False

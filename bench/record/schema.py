@@ -189,6 +189,20 @@ class Stability:
 
 
 @dataclass
+class Quant:
+    """quant.base: the frozen base stored quantized (bench/models/quant.py)."""
+    scheme: str                 # nf4
+    library: str                # torchao (native backend) | bitsandbytes (peft backend)
+    scope: str                  # adapted | frozen
+    layers: list[str]           # the quantized linears
+    block_size: int
+    scaler_block_size: Optional[int]  # torchao's second-level blocks; None where the library fixes its own
+    bytes_before: int           # the dense weights these layers held
+    bytes_after: int            # what they hold quantized: codes and scales (memory.weights_bytes counts these)
+    adapted: int = 0            # how many of them carry an adapter
+
+
+@dataclass
 class Attribution:
     """One untimed profiled step, split by category (bench/measure/attribution.py). The categories
     other than gpu_idle add up to step_ms; gpu_idle is device time, overlapping them."""
@@ -306,11 +320,12 @@ class Record:
     search: Optional[Search] = None
     dist: Optional[Dist] = None
     comm: Optional[Comm] = None
+    quant: Optional[Quant] = None
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     # What a job measured, as opposed to what it is (identity, config) and how it ended.
     MEASURED = ("env", "plan", "model_shape", "params", "work", "memory", "time", "paired", "loss", "eval_curve",
-                "calibration", "stability", "attribution", "compile", "comm")
+                "calibration", "stability", "attribution", "compile", "comm", "quant")
 
     def take_measurements(self, other: "Record") -> None:
         """This record's measured sections become `other`'s (a search's best probe, a job's rank 0)."""

@@ -45,7 +45,7 @@ def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
     out["memory_split_bytes"] = out[["weights_bytes", "grads_bytes", "optimizer_state_bytes",
                                      "activations_bytes"]].sum(axis=1, min_count=1)
     out["predicted_ms"] = 1e3 * (out.flops_per_step / out.matmul_flops_per_s + out.ops_per_step * out.op_overhead_s)
-    full = out[(out.strategy == "full") & ~out.disturbed]
+    full = out[out.baseline & ~out.disturbed]
     if not full.empty:
         f = full.iloc[0]
         out["vs_full"] = out.step_ms / f.step_ms
@@ -53,7 +53,7 @@ def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
         out["flops_vs_full"] = out.flops_per_step / f.flops_per_step
         out["ops_vs_full"] = out.ops_per_step / f.ops_per_step
         est = estimates(out, setting_noise(ok) if host_noise else None)
-        out["vs_full"] = [1.0 if r.strategy == "full" else (np.nan if e is None else e.ratio)
+        out["vs_full"] = [1.0 if r.baseline else (np.nan if e is None else e.ratio)
                           for (_, r), e in zip(out.iterrows(), est)]
         out["vs_full_lo"] = [np.nan if e is None else e.lo for e in est]
         out["vs_full_hi"] = [np.nan if e is None else e.hi for e in est]
@@ -69,7 +69,7 @@ def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
 
 def _is_paired(row: pd.Series) -> bool:
     """Every repeat of this configuration has its paired baseline's pairs (at least 3)."""
-    return row.strategy != "full" and len(row.paired_logs) == row.repeats and all(len(x) >= 3 for x in row.paired_logs)
+    return not row.baseline and len(row.paired_logs) == row.repeats and all(len(x) >= 3 for x in row.paired_logs)
 
 
 def setting_machine(df: pd.DataFrame) -> str | None:
@@ -86,13 +86,13 @@ def estimates(agg: pd.DataFrame, host=None) -> list:
     """Each configuration's calibrated ratio to full fine-tuning (bench/report/stats.py): paired
     where every repeat has pairs, else job against job; None for full itself and where no steps.
     `host`: the machine's between-run term (bench/report/noise.py), or None."""
-    f = agg[(agg.strategy == "full") & ~agg.disturbed].iloc[0]
+    f = agg[agg.baseline & ~agg.disturbed].iloc[0]
     paired = [r for _, r in agg.iterrows() if _is_paired(r) and not r.disturbed]
     pooled_p = stats.pooled_variance([[np.median(x) for x in r.paired_logs] for r in paired])
     pooled_j = stats.pooled_variance([np.log(r.repeat_ms) for _, r in agg.iterrows() if not r.disturbed])
     out = []
     for _, r in agg.iterrows():
-        if r.strategy == "full" or r.disturbed:
+        if r.baseline or r.disturbed:
             out.append(None)
         elif _is_paired(r):
             out.append(stats.paired_estimate(r.paired_logs, pooled_p, host))
@@ -106,7 +106,8 @@ _MEDIANS = ("forward_ms", "backward_ms", "optimizer_ms", "step_mean_ms", "forwar
             "weights_bytes", "grads_bytes", "optimizer_state_bytes", "activations_bytes", "params_trainable",
             "params_total", "flops_per_step", "ops_per_step", "loss_last", "eval_end", "loss_floor", "train_s",
             "matmul_flops_per_s", "op_overhead_s", "to_target_s", "steps_to_target", "target_loss", "eval_noise",
-            "allreduce_bytes", "allgather_bytes", "reducescatter_bytes", "comm_ms")
+            "allreduce_bytes", "allgather_bytes", "reducescatter_bytes", "comm_ms", "quant_bytes_before",
+            "quant_bytes_after")
 
 
 def _config_row(label: str, g: pd.DataFrame) -> dict:
@@ -115,7 +116,8 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
     med = lambda c: g[c].median() if g[c].notna().any() else np.nan  # noqa: E731
     drop = (g.eval_start - g.eval_end).median()
     return {
-        "label": label, "strategy": first.strategy, "rank": first["rank"],
+        "label": label, "strategy": first.strategy, "rank": first["rank"], "baseline": first.baseline == True,  # noqa: E712
+        **{k: first[k] for k in ("quant", "dora", "checkpointing")},
         "backward_stops_early": bool(first.backward_stops_early),
         "repeats": n, "step_ms": g.step_ms.median(), "spread_lo": lo, "spread_hi": hi,
         "spread_kind": "range of the repeats' medians" if n > 1 else "p10-p90 of the timed steps",
@@ -197,6 +199,7 @@ def _head(row: pd.Series, full: pd.Series) -> str:
 CATEGORY_NAMES = {"base_matmul": "base matmuls", "adapter_matmul": "adapter matmuls",
                   "adapter_other": "other adapter operations", "attention": "attention",
                   "norm_activation_other": "norms, activations and the rest",
+                  "dequantize": "dequantization", "dora_norm": "DoRA's weight norm", "recompute": "recompute",
                   "compiled": "compiled graphs", "communication": "communication", "gradients": "gradient accumulation",
                   "optimizer": "optimizer", "framework": "framework overhead", "gpu_idle": "GPU idle"}
 
@@ -344,12 +347,12 @@ def verdict(agg: pd.DataFrame) -> str:
     s = [f"Fastest: {_best(agg, agg.step_ms, lowest=True)} ({agg.step_ms.min():.2f} ms per step).",
          f"Least memory: {_best(agg, mems, lowest=True)} ({mems.min() / 2**20:.1f} MiB of {mem_kind}).",
          _loss_verdict(agg)]
-    full = agg[agg.strategy == "full"]
+    full = agg[agg.baseline]
     if full.empty:
         s.append("No full fine-tuning record in this setting, so nothing to compare LoRA with.")
         return " ".join(s)
     f = full.iloc[0]
-    slower = [r for _, r in agg.iterrows() if r.strategy != "full" and r.verdict == "slower"]
+    slower = [r for _, r in agg.iterrows() if not r.baseline and r.verdict == "slower"]
     if slower:
         reasons = []
         for r in slower:

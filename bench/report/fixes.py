@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.report import stats
 from bench.report.explain import setting_noise
-from bench.report.load import SETTING, strategy_label
+from bench.report.load import SETTING, strategy_label, variant_suffix
 
 MIB = 2 ** 20
 FAMILY = [k for k in SETTING if k != "mode"]  # a fix changes the mode, not the setting
@@ -124,7 +124,7 @@ def budget_blocks(df: pd.DataFrame, out, plot) -> list[tuple]:
     rows = []
     for _, r in s.iterrows():
         probes = r.search_probes or []
-        rows.append({"configuration": strategy_label(r), "budget GiB": f"{r.budget_gb:g}",
+        rows.append({"configuration": strategy_label(r) + variant_suffix(r), "budget GiB": f"{r.budget_gb:g}",
                      "largest batch": "" if r.best_batch != r.best_batch else f"{int(r.best_batch)}",
                      "tokens/s there": "" if r.status != "ok" else f"{r.tokens_per_s:,.0f}",
                      "peak MiB": "" if r.status != "ok" else f"{_peak(pd.DataFrame([r])) / MIB:.0f}",
@@ -136,12 +136,12 @@ def budget_blocks(df: pd.DataFrame, out, plot) -> list[tuple]:
                     "doubling-then-bisecting search; every probe is a job record, the oom ones included), and "
                     "its tokens per second there. On CUDA the budget is the allocator's limit; on a CPU it caps the "
                     "process's resident memory, Python and torch included."), ("table", table)]
-    full = s[(s.strategy == "full") & (s.status == "ok")]
+    full = s[(s.baseline == True) & (s.status == "ok")]  # noqa: E712
     if not full.empty:
         f = full.tokens_per_s.median()
-        blocks.append(("ul", [f"{strategy_label(r)}: {r.tokens_per_s / f:.2f}x full fine-tuning's tokens/s at the same "
+        blocks.append(("ul", [f"{strategy_label(r)}{variant_suffix(r)}: {r.tokens_per_s / f:.2f}x full fine-tuning's tokens/s at the same "
                               f"budget (batch {int(r.best_batch)} against {int(full.best_batch.max())})"
-                              for _, r in s[(s.strategy != "full") & (s.status == "ok")].iterrows()]))
+                              for _, r in s[(s.baseline != True) & (s.status == "ok")].iterrows()]))  # noqa: E712
     try:
         plot(s, out, "memory_budget")
         blocks.append(("img", "memory_budget", "tokens per second against peak memory, per configuration"))

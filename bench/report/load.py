@@ -25,7 +25,10 @@ SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_ac
            "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
-                "lr_ratio", "lr", "phases", "backend", "impl"]
+                "lr_ratio", "lr", "phases", "backend", "impl", "quant", "dora", "checkpointing"]
+# The variants of bench/report/variants.py: a row with one of these set is compared with the same
+# row without it. Their plain values (records older than the keys ran plain).
+VARIANTS = {"quant": "none", "dora": False, "checkpointing": "none"}
 # LoRA keys that label a row only where the strategy uses LoRA.
 _LORA_KEYS = ("layers", "targets", "dropout", "init", "alpha", "rslora", "lr_ratio")
 
@@ -61,7 +64,7 @@ def _stability(rec: Record) -> dict:
 
 # The attribution's categories (bench/measure/attribution.py), as the analysis reads them.
 ATTRIBUTION = ("base_matmul", "adapter_matmul", "adapter_other", "attention", "norm_activation_other",
-               "compiled", "communication", "gradients", "optimizer", "framework", "gpu_idle")
+               "dequantize", "dora_norm", "recompute", "compiled", "communication", "gradients", "optimizer", "framework", "gpu_idle")
 
 
 def _attribution(rec: Record) -> dict:
@@ -83,6 +86,18 @@ def mode(rec: Record) -> str:
 def ranks(rec: Record) -> str:
     n, how = config_value(rec, "dist.nproc"), config_value(rec, "dist.mode")
     return "single" if not n or n == 1 else f"{n} x {how}"
+
+
+def _variants(rec: Record, uses_lora: bool, strategy: str | None) -> dict:
+    """QLoRA, DoRA and checkpointing as the job ran them; `baseline`: plain full fine-tuning, what
+    every ratio is taken against."""
+    ckpt = config_value(rec, "train.checkpointing") or VARIANTS["checkpointing"]
+    q = rec.quant
+    return {"quant": (config_value(rec, "quant.base") or VARIANTS["quant"]) if uses_lora else None,
+            "dora": bool(config_value(rec, "lora.dora")) if uses_lora else None,
+            "checkpointing": ckpt, "baseline": strategy == "full" and ckpt == VARIANTS["checkpointing"],
+            "quant_bytes_before": None if q is None else q.bytes_before,
+            "quant_bytes_after": None if q is None else q.bytes_after}
 
 
 def _paired(rec: Record) -> dict:
@@ -143,7 +158,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
         "include_head": i.include_head, "repeat": i.repeat, "started": i.started,
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
-        "mode": mode(rec), "ranks": ranks(rec),
+        "mode": mode(rec), "ranks": ranks(rec), **_variants(rec, uses_lora, i.strategy),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
         "dim": shape.dim if shape else config_value(rec, "model.dim"),
         "n_layers": shape.n_layers if shape else config_value(rec, "model.n_layers"),
@@ -253,10 +268,19 @@ def strategy_label(row) -> str:
     return str(row["strategy"]) + (f" r={int(rank)}" if pd.notna(rank) else "")
 
 
+def variant_suffix(row) -> str:
+    """' quant=nf4 checkpointing=blocks' for the variants a row has on; '' for a plain one."""
+    return "".join(f" {k}={row.get(k)}" for k, plain in VARIANTS.items()
+                   if pd.notna(row.get(k)) and row.get(k) != plain)
+
+
 def variant_label(row, keys: list[str]) -> str:
-    """'lora_all r=8' plus any other key that varies within the setting."""
+    """'lora_all r=8' plus any other key that varies within the setting; a variant (QLoRA, DoRA,
+    checkpointing) only where it is on: 'lora_all r=8 quant=nf4 checkpointing=blocks'."""
     parts = [strategy_label(row)]
     for k in keys:
+        if k in VARIANTS and (pd.isna(row.get(k)) or row.get(k) == VARIANTS[k]):
+            continue
         if k != "rank" and pd.notna(row.get(k)):
             parts.append(f"{k}={row[k]}")
     return " ".join(parts)
@@ -270,7 +294,7 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add time, FLOP and op ratios to the median stable `full` record of the same setting."""
     df = df.copy()
     ok = df[(df.status == "ok") & (df.unstable != True)]  # noqa: E712
-    base = ok[ok.strategy == "full"].groupby(SETTING, dropna=False)[
+    base = ok[ok.baseline == True].groupby(SETTING, dropna=False)[
         ["step_ms", "flops_per_step", "ops_per_step"]].median()
     base.columns = [f"full_{c}" for c in base.columns]
     df = df.merge(base, left_on=SETTING, right_index=True, how="left")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import fixes, noise, plots, stats
+from bench.report import fixes, noise, plots, stats, variants
 from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
                                   verdict)
 from bench.report.load import load_records, markdown, with_ratios
@@ -59,7 +59,7 @@ def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tables(agg: pd.DataFrame, machine: str | None) -> list[Block]:
-    full = agg[(agg.strategy == "full") & ~agg.disturbed]
+    full = agg[agg.baseline & ~agg.disturbed]
     ref = full.iloc[0] if not full.empty else None
     peak_kind = "peak device MiB" if agg.device_peak_bytes.notna().any() else "peak host RSS MiB"
     peak = agg.device_peak_bytes if agg.device_peak_bytes.notna().any() else agg.host_peak_rss_bytes
@@ -166,12 +166,13 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path, plot: boo
     if agg.empty:
         return blocks
     blocks += _tables(agg, setting["machine"] if isinstance(setting["machine"], str) else None)
-    full = agg[(agg.strategy == "full") & ~agg.disturbed]
+    full = agg[agg.baseline & ~agg.disturbed]
     suffix = f"_{n + 1}" if n else ""
     if not full.empty:
         blocks.append(("h3", "Why"))
         blocks.append(("ul", [explain(r, full.iloc[0]) for _, r in agg.iterrows()
-                              if r.strategy != "full" and not r.disturbed]))
+                              if not r.baseline and not r.disturbed]))
+        blocks += variants.blocks(agg)
         blocks += _difference_blocks(agg, full.iloc[0], title, out, "attribution" + suffix, plot)
     if not plot:
         return blocks
@@ -188,7 +189,7 @@ def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path, plot: boo
 def _difference_blocks(agg: pd.DataFrame, full: pd.Series, title: str, out: Path, name: str,
                        plot: bool = True) -> list[Block]:
     """Where the difference goes: each configuration's profiled step against full's, by category."""
-    rows = {r.label: measured_deltas(r, full) for _, r in agg.iterrows() if r.strategy != "full"}
+    rows = {r.label: measured_deltas(r, full) for _, r in agg.iterrows() if not r.baseline}
     rows = {k: v for k, v in rows.items() if v}
     if not rows:
         return []
