@@ -8,19 +8,10 @@ depth) live where the model is known: bench/models/strategies.py.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-
-class ConfigError(ValueError):
-    """A configuration the harness refuses before training; str(e) is one line."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
+from bench.coerce import ConfigError, build as _build
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -55,6 +46,7 @@ class ModelConfig:
     rope_theta: Optional[float]
     norm_eps: Optional[float]
     checkpoint: Optional[str]
+    tie_embeddings: bool  # the head shares the embedding's matrix (native models always do)
 
     @property
     def hidden(self) -> int | None:
@@ -143,6 +135,14 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class ProjectConfig:
+    """project.gpu: the job runs on fake tensors and is priced for these devices (bench/project/)."""
+    gpu: Optional[list[str]]      # the devices (project.gpu=H100 or project.gpu=[H100,L40S]); list: the known ones
+    dtype: str                    # fp32 | bf16: how the parameters are stored
+    host_op_us: Optional[float]   # the host's cost per operation; null: this machine's calibration
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     batch: bool       # find the largest train.batch_size within train.memory_budget_gb (bench/search.py)
     max_batch: int
@@ -185,6 +185,7 @@ class BenchConfig:
     peft: PeftConfig
     search: SearchConfig
     dist: DistConfig
+    project: ProjectConfig
 
 
 def _ranks() -> int:
@@ -208,59 +209,12 @@ def load_config(cfg: Any) -> BenchConfig:
         # Hydra's own node is not ours to validate; studies may add top-level keys for it.
         cfg = OmegaConf.to_container(cfg, resolve=True)
         cfg.pop("hydra", None)
+    project = cfg.get("project") if isinstance(cfg, Mapping) else None
+    if isinstance(project, Mapping) and isinstance(project.get("gpu"), str):  # one device: a list of one
+        cfg = {**cfg, "project": {**project, "gpu": [project["gpu"]]}}
     bench = _build(BenchConfig, cfg, "")
     _check_ranges(bench)
     return bench
-
-
-def _build(cls: type, node: Any, prefix: str) -> Any:
-    if not isinstance(node, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {node!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(node) - set(names))
-    if unknown:
-        raise ConfigError(prefix + str(unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
-    values = {}
-    for name in names:
-        key = prefix + name
-        if name not in node:
-            raise ConfigError(key, "missing")
-        values[name] = _coerce(hints[name], node[name], key)
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug in this file, not user input
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -284,6 +238,9 @@ def _check_ranges(c: BenchConfig) -> None:
     _one_of("lora.impl", c.lora.impl, IMPLS)
     if c.lora.impl == "fused" and c.lora.backend == "peft":
         raise ConfigError("lora.impl", "fused is this project's own layer; PEFT brings its own (use lora.backend=native)")
+    if m.kind == "native" and not m.tie_embeddings:
+        raise ConfigError("model.tie_embeddings", "the native model always ties its head to the embedding "
+                                                  "(model.kind=hf_llama builds an untied one)")
     if m.kind == "hf":
         if not m.path:
             raise ConfigError("model.path", "model=hf needs a local checkpoint directory: model.path=/path/to/model")
@@ -342,7 +299,7 @@ def _check_dist(c: BenchConfig) -> None:
 
 
 def _check_variants(c: BenchConfig) -> None:
-    """QLoRA and DoRA: what they cannot combine with, each refused with its reason. The checks that
+    """QLoRA, DoRA and projection: what they cannot combine with, each refused with its reason. The checks that
     need the built model (a layer's size against the NF4 blocks) are in bench/models/quant.py."""
     q, r, t = c.quant, c.lora, c.train
     _one_of("quant.base", q.base, QUANT_BASES)
@@ -364,6 +321,12 @@ def _check_variants(c: BenchConfig) -> None:
                                             "(dist.nproc=1)")
         if q.block_size % 2:
             raise ConfigError("quant.block_size", f"must be even (two 4-bit codes per byte), got {q.block_size}")
+    p = c.project
+    _one_of("project.dtype", p.dtype, ("fp32", "bf16"))
+    if p.host_op_us is not None:
+        _positive("project.host_op_us", p.host_op_us)
+    if p.gpu is not None and not p.gpu:
+        raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
     if r.dora:
         if r.impl == "fused":
             raise ConfigError("lora.dora", "the fused layer has no DoRA path; DoRA runs with lora.impl=eager")

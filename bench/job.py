@@ -93,6 +93,11 @@ def config_key(node: dict) -> str:
 def _stages(node: dict, out_dir: Path, rec: Record) -> str:
     """The stages of a job; its status. The job's clock starts after any pretraining."""
     cfg = load_config(node)
+    if cfg.project.gpu is not None:  # no device is touched: the step runs on fake tensors
+        from bench.project.job import project_job, projectable
+
+        projectable(cfg)
+        return project_job(cfg, rec)
     device = resolve_device(cfg)
     rec.pretrain = ensure_base(cfg)  # before any probe of a search, so that none pretrains
     if cfg.search.batch:
@@ -161,6 +166,12 @@ def summary_line(rec: Record) -> str:
     head = f"[{rec.status}] {i.strategy}" + (f" r={i.rank}" if i.rank else "") + f" on {i.model}"
     if rec.status != "ok":
         return f"{head}: {rec.outcome.reason if rec.outcome else ''}"
+    if rec.kind == "projected":
+        pr = rec.projection
+        each = "; ".join(f"{d.device} {d.step_ms:.1f} ms ({d.bound}-bound), reserve {d.reserved_bytes / 2**30:.1f} of "
+                         f"{d.memory_bytes / 2**30:.0f} GiB{'' if d.fits else ' (does not fit)'}" for d in pr.devices)
+        return (f"{head}: PROJECTED, not measured: peak {pr.peak_bytes / 2**30:.2f} GiB, "
+                f"{pr.flops_per_step / 1e12:.2f} TFLOP per step; {each} ({pr.seconds:.0f} s to project)")
     t, m, p, loss = rec.time, rec.memory, rec.params, rec.loss
     peak = m.device_peak_allocated_bytes
     mem = f"peak {peak / 2**20:.0f} MiB allocated" if peak is not None else \

@@ -189,6 +189,11 @@ def _skip_batch_validation() -> None:
 
 def cli() -> None:
     signals.install()  # first: a Ctrl-C during the checks below is a flag too
+    if "project.gpu=list" in sys.argv[1:]:  # the devices a projection knows, and where their figures come from
+        from bench.project.devices import listing
+
+        print(listing())
+        sys.exit(0)
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
     _skip_batch_validation()

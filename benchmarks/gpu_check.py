@@ -85,13 +85,20 @@ def plan(work: Path, rehearse: bool) -> list[Part]:
                   # Two repeats: the summary's tables label repeats, as the GPU's 3-repeat sweeps need.
                   ("launch_bound", "launch_bound", 14, ["repeat=0,1", *TINY]),
                   ("fixes_gpu", "fixes_gpu", 12, ["repeat=0", "+cell=launch_bound", "+fix=eager,fused", *TINY]),
-                  ("backends", "backends", 30, ["repeat=0", *TINY])]
+                  ("backends", "backends", 30, ["repeat=0", *TINY]),
+                  ("variants", "variants", 25, ["repeat=0", "+cell=launch_bound", *TINY]),
+                  ("projected_88", "minimind_88", 15, ["repeat=0", "project.gpu=H200", *TINY])]
     else:
         sweeps = [("minimind_88", "minimind_88", 150, []),
                   ("launch_bound", "launch_bound", 30, ["device=cuda"]),
                   # The launch-bound cell is where CUDA graphs can matter; two repeats fit the budget.
                   ("fixes_gpu", "fixes_gpu", 120, ["device=cuda", "repeat=0,1", "+cell=launch_bound"]),
                   ("backends", "backends", 240, ["device=cuda", "repeat=0"]),
+                  # QLoRA (torchao's NF4: bitsandbytes does not fit the carried wheels), DoRA, checkpointing.
+                  ("variants", "variants", 150, ["device=cuda", "repeat=0,1"]),
+                  # The same configurations as minimind_88, PROJECTED onto the lent H200 on fake tensors
+                  # (the CPU does it): the filed pair holds the projection against the measurement.
+                  ("projected_88", "minimind_88", 90, ["project.gpu=H200", "repeat=0"]),
                   ("crossover_gpu", "crossover_gpu", 400, []),
                   ("overhead", "overhead", 60, ["device=cuda"]),
                   ("memory_budget", "memory_budget", 240, ["device=cuda", "train.memory_budget_gb=8",

@@ -43,6 +43,8 @@ def run_study(name: str) -> Path:
     rc = subprocess.call([sys.executable, "-m", "bench.run", *args, "train.progress=false",
                           f"hydra.sweep.dir={sweep}"], cwd=ROOT)
     print(f"{name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+    if not (sweep / "report").is_dir():  # the sweep never got going: nothing to file, and nothing is removed
+        raise SystemExit(f"error: {name}: the sweep wrote no report (exit {rc}); nothing filed")
     return file_sweep(sweep, name, f"`python -m bench.run {' '.join(args)}`, exit status {rc}, "
                                    f"{time.perf_counter() - t:.0f} s wall time")
 

@@ -105,3 +105,20 @@ def test_a_diverging_job_keeps_its_figures(tmp_path):
     assert rec.work.ops_per_step > 0 and rec.memory.optimizer_state_bytes > 0  # counted before it diverged
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
     assert read_record(tmp_path / "metrics.json").outcome.failed_step == rec.outcome.failed_step
+
+
+def test_a_plain_jobs_key_is_the_key_it_had_before_the_variant_keys():
+    node = {"strategy": {"name": "lora_all"}, "lora": {"rank": 8}, "train": {"steps": 3}}
+    with_plain = {"strategy": {"name": "lora_all"}, "lora": {"rank": 8, "dora": False},
+                  "train": {"steps": 3, "checkpointing": "none"}, "quant": {"base": "none", "block_size": 64}}
+    assert config_key(node) == config_key(with_plain)
+    on = {**with_plain, "quant": {"base": "nf4", "block_size": 64}}
+    assert config_key(on) != config_key(with_plain)
+    assert config_key({**with_plain, "train": {"steps": 3, "checkpointing": "blocks"}}) != config_key(with_plain)
+
+
+def test_bad_variant_input_is_an_invalid_record_naming_the_key(tmp_path):
+    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "lora.dora=true", "lora.impl=fused"]), tmp_path / "a")
+    assert rec.status == "invalid" and rec.outcome.key == "lora.dora" and "\n" not in rec.outcome.reason
+    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "train.checkpointing=everything"]), tmp_path / "b")
+    assert rec.status == "invalid" and rec.outcome.key == "train.checkpointing"

@@ -120,3 +120,19 @@ def test_distributed_figures_are_in_the_filed_report():
         ratio, _, interval = figure.partition("; 95% interval ")
         quoted = f"{ratio} ({interval.rstrip('x')})" if interval else figure.replace(" vs ", " against ")
         assert quoted in section.replace("\n", " "), quoted
+
+
+def test_variants_figures_are_in_the_filed_report():
+    report = (REF / "variants" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
+    doc = DOCS["variants.md"]
+    rows = [ln for ln in doc.splitlines() if ln.startswith(("| full checkpointing", "| lora_all r=8 "))]
+    assert len(rows) == 8 and all(row in report for row in rows)  # the table, verbatim
+    front = _section("The variants slow runs use")
+    for figure in ("1.77x", "1.57-2.01", "+192.62", "0.25x", "1.30x", "1.15-1.47", "1.93x", "1.42x", "1.25-1.61",
+                   "0.13x", "1.25x", "1.15-1.37", "2.06x", "0.74x"):
+        assert figure in front and figure in report, figure
+    for figure in ("| 0.74x | 0.67-0.80 |", "| 1.30x | 1.19-1.43 |", "| 2.06x | 1.89-2.25 |", "| 0.96x | 0.87-1.04 |",
+                   "| 26.43 |", "| 104.81 |", "| 79.92 |", "| 41.48 |", "| 5.44 |", "| 2.00x |", "| 1.92x |",
+                   "| 1.98x |", "| 1.47x |"):
+        assert figure in report, figure
+        assert figure.strip("| ").split(" | ")[0] in doc, figure

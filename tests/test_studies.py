@@ -24,10 +24,13 @@ GRIDS = {
     "backends": (72, 72),          # 3 repeats x 2 strategies x 2 ranks x 2 alphas x (eager, fused, peft)
     "fixes": (36, 30),             # 3 repeats x 2 cells x (full: eager = fused, compiled; lora_all x 3 fixes)
     "fixes_gpu": (48, 42),         # the same with CUDA graphs
-    "memory_budget": (3, 3),       # one search per strategy
+    "memory_budget": (8, 8),       # one search per configuration: full, lora_all, lora_qk, QLoRA, each +- checkpointing
     "distributed": (27, 27),       # 3 repeats x (single, 2 x ddp, 2 x fsdp) x (full, lora_all, lora_qk)
     "distributed_gpu": (27, 27),
     "launch_bound": (6, 6),        # 3 repeats x (full, lora_all)
+    "variants": (48, 48),          # 3 repeats x 2 cells x (full, lora_all, QLoRA, DoRA) x checkpointing on/off
+    "projection": (60, 60),        # PROJECTED: 3 models x 2 batches x 5 configurations x checkpointing on/off
+    "projection_88": (5, 5),       # PROJECTED: MiniMind #88's five configurations
 }
 
 
@@ -71,6 +74,8 @@ def test_distributed_study_compares_on_equal_ranks():
 def test_memory_budget_study_searches_each_strategy():
     jobs = _jobs("memory_budget")
     assert {c.strategy.name for _, _, c in jobs} == {"full", "lora_all", "lora_qk"}
+    assert {(c.quant.base, c.train.checkpointing) for _, _, c in jobs} == {
+        (q, k) for q in ("none", "nf4") for k in ("none", "blocks")}
     assert all(c.search.batch and c.train.memory_budget_gb for _, _, c in jobs)
 
 

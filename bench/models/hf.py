@@ -47,7 +47,7 @@ def build_llama(cfg: ModelConfig) -> CausalLM:
         hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_kv_heads, intermediate_size=cfg.hidden, vocab_size=cfg.vocab_size,
         max_position_embeddings=cfg.max_seq_len, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False)
     return CausalLM(tf.LlamaForCausalLM(config))
 
 

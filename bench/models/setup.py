@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,8 @@ class Setup:
     eval_batches: list[torch.Tensor]
     device: torch.device
     quant: Quant | None = None    # quant.base: what was quantized, and its bytes
-    data_seed: int | None = None  # None: train.seed; a data-parallel rank draws from its own stream
+    data_seed: int | None = None
+    data_context: object = nullcontext  # where batches are drawn (a projection: outside its fake mode)  # None: train.seed; a data-parallel rank draws from its own stream
 
     def train_batches(self, cfg: BenchConfig, n_steps: int) -> Iterator[list[torch.Tensor]]:
         """Each step's micro-batches, made and moved just before the step (outside its clock:
@@ -47,7 +49,9 @@ class Setup:
         t = cfg.train
         gen = torch.Generator().manual_seed(t.seed if self.data_seed is None else self.data_seed)
         for _ in range(n_steps):
-            yield [self.source.batch(t.batch_size, t.seq_len, gen).to(self.device) for _ in range(t.grad_accum)]
+            with self.data_context():
+                micro = [self.source.batch(t.batch_size, t.seq_len, gen).to(self.device) for _ in range(t.grad_accum)]
+            yield micro
 
 
 def resolve_device(cfg: BenchConfig) -> torch.device:
@@ -117,8 +121,9 @@ def _apply(cfg: BenchConfig, model: nn.Module) -> tuple[nn.Module, Plan, dict, Q
     return model, plan, adapter_params(model), quant
 
 
-def setup(cfg: BenchConfig, device: torch.device) -> Setup:
-    """The model with its base weights and strategy, on `device`, and its data."""
+def setup(cfg: BenchConfig, device: torch.device, data_context=nullcontext) -> Setup:
+    """The model with its base weights and strategy, on `device`, and its data (drawn under
+    `data_context`: a projection draws real tokens outside its fake tensors)."""
     model = build_model(cfg)
     checkpoint = resolve_checkpoint(cfg) if cfg.model.checkpoint else None
     if checkpoint is not None:
@@ -131,7 +136,8 @@ def setup(cfg: BenchConfig, device: torch.device) -> Setup:
         from bench.models.hf import local_tokenizer
 
         encode = local_tokenizer(cfg.model.path)  # the checkpoint's own tokenizer, if it has one
-    source = make_source(cfg.data, shape.vocab_size, encode)
+    with data_context():
+        source = make_source(cfg.data, shape.vocab_size, encode)
     model, plan, adapters, quant = _apply(cfg, model)
     note = apply_checkpointing(model, cfg.train.checkpointing)
     if note:
@@ -140,8 +146,12 @@ def setup(cfg: BenchConfig, device: torch.device) -> Setup:
         plan.notes.append(f"quant.base={quant.scheme} ({quant.library}): {len(quant.layers)} frozen linears stored in "
                           f"4 bits, {quant.bytes_before / 2**20:.2f} -> {quant.bytes_after / 2**20:.2f} MiB")
     plan.checkpoint = None if checkpoint is None else str(checkpoint)
-    model.to(device).train()
+    # Only a move that moves: Module.to on fake parameters (a projection) cannot swap them even in place.
+    if any(t.device != device for t in [*model.parameters(), *model.buffers()]):
+        model.to(device)
+    model.train()
     t = cfg.train
     eval_gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.data.seed)
-    evals = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
-    return Setup(model, plan, shape, source, adapters, evals, device, quant)
+    with data_context():
+        evals = [source.batch(t.batch_size, t.seq_len, eval_gen).to(device) for _ in range(t.eval_batches)]
+    return Setup(model, plan, shape, source, adapters, evals, device, quant, data_context=data_context)

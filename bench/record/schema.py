@@ -10,19 +10,14 @@ This module is plain Python on purpose: the analysis side imports it, and must n
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from bench.record.decode import RecordError, decode as _decode
 from bench.record.schema1 import upgrade_1
 
 SCHEMA = 2  # bench/record/schema1.py upgrades schema 1 to this
 STATUSES = ("ok", "invalid", "oom", "diverged", "interrupted", "error", "duplicate")
-
-
-class RecordError(ValueError):
-    """A metrics.json that is not a record this code can read; str(e) is one line."""
 
 
 @dataclass
@@ -203,6 +198,44 @@ class Quant:
 
 
 @dataclass
+class DeviceProjection:
+    """One device's projection of the job's fake step (bench/project/timeline.py). Projected, never measured."""
+    device: str
+    source: str                 # where the device's figures come from
+    memory_bytes: int           # the device's memory
+    reserved_bytes: int         # what the caching allocator would hold at the peak (bench/project/job.py)
+    fits: bool
+    largest_batch: Optional[int]  # the largest batch whose reserve fits, from the per-sample slope
+    step_ms: float
+    host_ms: float
+    busy_ms: float
+    compute_ms: float
+    memory_ms: float
+    idle_fraction: float
+    bound: str                  # host | device
+    kernels: int
+    host_op_us: float           # the host's cost per operation (this machine's calibration)
+    launch_us: float            # a kernel launch's, on top
+
+
+@dataclass
+class Projection:
+    """A projected job: the step ran on fake tensors (bench/project/fake.py), nothing was timed."""
+    dtype: str                  # fp32 | bf16: how the parameters are stored
+    peak_bytes: int             # MemTracker's peak of the steady-state step
+    split: dict                 # parameters, buffers, gradients, optimizer, activations, temporaries, other
+    per_sample_bytes: Optional[int]  # the peak's growth per sample of batch (two fake steps)
+    flops_per_step: int
+    ops_per_step: int
+    weights_bytes: int
+    grads_bytes: int
+    optimizer_state_bytes: int
+    host_calibration: str       # where the host's per-operation cost comes from
+    seconds: float              # how long the projection took here
+    devices: list[DeviceProjection] = field(default_factory=list)
+
+
+@dataclass
 class Attribution:
     """One untimed profiled step, split by category (bench/measure/attribution.py). The categories
     other than gpu_idle add up to step_ms; gpu_idle is device time, overlapping them."""
@@ -321,6 +354,8 @@ class Record:
     dist: Optional[Dist] = None
     comm: Optional[Comm] = None
     quant: Optional[Quant] = None
+    projection: Optional[Projection] = None
+    kind: str = "measured"  # measured | projected (bench/project/): a projected record is in no measured verdict
     pretrain: Optional[dict] = None  # the base model's own record, when this job's pretraining ran
 
     # What a job measured, as opposed to what it is (identity, config) and how it ended.
@@ -349,44 +384,3 @@ class Record:
         if rec.status not in STATUSES:
             raise RecordError(f"status: {rec.status!r} is not one of {', '.join(STATUSES)}")
         return rec
-
-
-def _decode(tp: Any, value: Any, where: str) -> Any:
-    """`value` checked against the type hint `tp`; RecordError names the field at fault."""
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RecordError(f"{where.rstrip('.') or 'record'}: expected an object, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - set(fields))
-        if unknown:
-            raise RecordError(f"{where}{unknown[0]}: unknown field")
-        out = {}
-        for name, f in fields.items():
-            if name in value:
-                out[name] = _decode(hints[name], value[name], f"{where}{name}.")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise RecordError(f"{where}{name}: missing")
-        return tp(**out)
-    key = where.rstrip(".")
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _decode(inner, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecordError(f"{key}: expected a list")
-        (item,) = typing.get_args(tp)
-        return [_decode(item, v, f"{key}[{i}].") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          dict: lambda v: isinstance(v, dict)}[tp]
-    if not ok(value):
-        raise RecordError(f"{key}: expected {tp.__name__}, got {value!r:.40}")
-    return float(value) if tp is float else value

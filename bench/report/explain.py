@@ -28,8 +28,9 @@ DISAGREE = 0.20
 
 def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
     """One row per configuration of one setting: medians over repeats, the spread, and each
-    configuration's ratio to full fine-tuning with its 95% interval. Unstable jobs are left out."""
-    ok = df[df.status == "ok"]
+    configuration's ratio to full fine-tuning with its 95% interval. Unstable jobs are left out, and
+    a projected record (bench/project/) is never in it: nothing of it was measured."""
+    ok = df[(df.status == "ok") & (df.kind != "projected")]
     keys = varying_keys(ok)
     ok = ok.assign(label=[variant_label(r, keys) for _, r in ok.iterrows()])
     stable = ok[ok.unstable != True]  # noqa: E712  (None: schema 1, not judged)
@@ -326,7 +327,8 @@ def _best(agg: pd.DataFrame, values: pd.Series, lowest: bool) -> str:
 def _loss_verdict(agg: pd.DataFrame) -> str:
     """Best loss per second, among configurations whose eval loss fell by more than the eval noise."""
     if agg.eval_noise.isna().all():
-        return "No loss verdict: these records carry no eval noise (recorded from schema 2 on)."
+        return ("No loss verdict: these records carry no eval noise (it needs train.eval_batches of 2 or more; "
+                "records older than schema 2 have none).")
     clear = agg[(agg.loss_drop > 2 * agg.eval_noise) & (agg.loss_gain_per_s > 0)]
     if clear.empty:
         return ("No loss verdict: no configuration's eval loss fell by more than twice its held-out noise "
@@ -365,7 +367,7 @@ def verdict(agg: pd.DataFrame) -> str:
 
 
 def settings(df: pd.DataFrame):
-    """(setting dict, its records) for every setting with at least one ok record."""
-    ok = df[df.status == "ok"]
+    """(setting dict, its records) for every setting with at least one ok measured record."""
+    ok = df[(df.status == "ok") & (df.kind != "projected")]
     for key, g in ok.groupby(SETTING, dropna=False, sort=False):
         yield dict(zip(SETTING, key)), g

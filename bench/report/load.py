@@ -7,6 +7,7 @@ an attribute of a checked section; only the recorded configuration is a free-for
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ def flatten(rec: Record, path: Path) -> dict:
         **lora, "machine": rec.env.machine if rec.env else None, **_sections(rec), **_stability(rec),
         **_attribution(rec), **_search(rec), **_comm(rec), **_paired(rec), "tokens_per_step": _tokens(rec),
         "overrides": " ".join(i.overrides) if i.overrides is not None else None,
+        "kind": rec.kind, "projection": None if rec.projection is None else dataclasses.asdict(rec.projection),
     }
 
 
@@ -190,6 +192,8 @@ def damage(rec: Record) -> list[str]:
     missing, a timing that is missing (NaN is written as null), not finite, or negative."""
     if rec.status != "ok":
         return []
+    if rec.kind == "projected":
+        return [] if rec.projection is not None else ["projection: missing"]
     out = [f"{name}: missing" for name in REQUIRED if getattr(rec, name) is None]
     t = rec.time
     if t is not None:
@@ -293,7 +297,7 @@ def varying_keys(df: pd.DataFrame) -> list[str]:
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add time, FLOP and op ratios to the median stable `full` record of the same setting."""
     df = df.copy()
-    ok = df[(df.status == "ok") & (df.unstable != True)]  # noqa: E712
+    ok = df[(df.status == "ok") & (df.unstable != True) & (df.kind != "projected")]  # noqa: E712
     base = ok[ok.baseline == True].groupby(SETTING, dropna=False)[
         ["step_ms", "flops_per_step", "ops_per_step"]].median()
     base.columns = [f"full_{c}" for c in base.columns]

@@ -236,3 +236,36 @@ def memory_budget(searched: pd.DataFrame, out: Path, name: str) -> list[Path]:
     ax.set_title("Throughput against memory; dotted: the budget", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, out, name)
+
+
+_SPLIT = ("parameters", "gradients", "optimizer", "activations", "temporaries", "buffers", "other")
+
+
+def projection(g: pd.DataFrame, out: Path, name: str) -> list[Path]:
+    """PROJECTED: memory by category per configuration against each device's capacity (left); the
+    step split into arithmetic, memory traffic and device idle, per configuration and device (right)."""
+    configs = g.drop_duplicates("configuration")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    bottom = np.zeros(len(configs))
+    for i, c in enumerate(_SPLIT):
+        v = configs[f"split_{c}"].to_numpy(dtype=float) / 2**30 if f"split_{c}" in configs else np.zeros(len(configs))
+        ax.bar(range(len(configs)), v, bottom=bottom, label=c, color=plt.cm.tab10(i))
+        bottom += v
+    for k, (device, mem) in enumerate(g.groupby("device", sort=False).memory_bytes.first().items()):
+        ax.axhline(mem / 2**30, color="k", ls=("-", "--", ":", "-.")[k % 4], lw=1, label=f"{device} capacity")
+    ax.set_xticks(range(len(configs)), configs.configuration, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("GiB at the peak (PROJECTED)")
+    ax.legend(fontsize=6)
+    labels = [f"{r.configuration} @ {r.device}" for _, r in g.iterrows()]
+    idle = (g.step_ms - g.busy_ms).clip(lower=0)
+    left = np.zeros(len(g))
+    for part, v, colour_ in (("arithmetic", g.compute_ms, "#1f77b4"), ("memory traffic", g.memory_ms, "#ff7f0e"),
+                             ("device idle (host-bound)", idle, "#bbbbbb")):
+        bx.barh(range(len(g)), v, left=left, label=part, color=colour_)
+        left += v.to_numpy(dtype=float)
+    bx.set_yticks(range(len(g)), labels, fontsize=6)
+    bx.set_xlabel("ms per step (PROJECTED)")
+    bx.legend(fontsize=6)
+    fig.suptitle("PROJECTED, not measured: " + str(g.model.iloc[0]), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import fixes, noise, plots, stats, variants
+from bench.report import fixes, noise, plots, projection, stats, variants
 from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
                                   verdict)
 from bench.report.load import load_records, markdown, with_ratios
@@ -244,6 +244,8 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = load_records(dirs)
+    projected = df[df.kind == "projected"] if not df.empty else df
+    df = df[df.kind != "projected"] if not df.empty else df  # measured: every block below but the projection's
     blocks: list[Block] = [("h1", "lora-bench report"),
                            ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
                                  f"under {', '.join(str(d) for d in dirs)}; built "
@@ -267,6 +269,7 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
     blocks += _crossover_blocks(df, out)
     blocks += fixes.fix_blocks(df)
     blocks += fixes.budget_blocks(df, out, plots.memory_budget)
+    blocks += projection.blocks(projected, out, plots.projection)
     blocks += _failure_blocks(df)
     md = _render_md(blocks)
     (out / "report.md").write_text(md)

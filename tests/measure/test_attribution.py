@@ -91,3 +91,21 @@ def test_fused_layers_split_base_and_adapter_products_in_a_real_step():
     assert sum(a["categories"].values()) == pytest.approx(a["step_ms"], rel=0.05)
     assert a["ops"]["base_matmul"] > 0 and a["ops"]["adapter_matmul"] > 0
     assert a["categories"]["base_matmul"] > 0 and a["categories"]["adapter_matmul"] > 0
+
+
+def test_a_4bit_base_and_doras_norm_are_measured_categories():
+    pytest.importorskip("torchao")
+    plain = _attribution("strategy=lora_all")
+    assert plain["categories"]["dequantize"] == 0 and plain["categories"]["dora_norm"] == 0
+    q = _attribution("strategy=lora_all", "quant.base=nf4", "quant.scaler_block_size=8")  # wk: 8 blocks
+    # forward and backward dequantize every one of the 14 bases: at least two operations each
+    assert q["categories"]["dequantize"] > 0 and q["ops"]["dequantize"] >= 28
+    d = _attribution("strategy=lora_all", "lora.dora=true")
+    assert d["categories"]["dora_norm"] > 0 and d["ops"]["dora_norm"] >= 14  # a norm per layer per step
+
+
+def test_bitsandbytes_dequantization_is_found_by_name():
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("peft")
+    a = _attribution("model=hf_llama", "strategy=lora_qv", "lora.backend=peft", "quant.base=nf4")
+    assert a["categories"]["dequantize"] > 0 and a["ops"]["dequantize"] > 0

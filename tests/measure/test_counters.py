@@ -112,3 +112,25 @@ def test_steady_state_counts_leave_out_adamw_state_creation(cfg_of):
             trainer.step([batch], StepTimer(torch.device("cpu"), phases=False), probe)
         ops.append(probe.ops)
     assert ops[0] > ops[1] == ops[2]
+
+
+def test_held_tensors_count_once_and_only_while_a_counter_is_active():
+    from bench.measure.counters import SavedTensors, hold
+
+    model = torch.nn.Linear(4, 4)
+    x = torch.zeros(8, 4)
+    hold([x])  # no counter active: nothing happens
+    saved = SavedTensors(model)
+    with saved.active():
+        hold([x, x, x[:2]])  # one storage
+        hold([model.weight])  # a parameter is a weight, not an activation
+    assert saved.bytes == 8 * 4 * 4
+    hold([torch.zeros(100)])
+    assert saved.bytes == 8 * 4 * 4
+
+
+def test_stored_bytes_of_plain_tensors_are_their_nbytes():
+    from bench.measure.counters import stored_bytes
+
+    t = torch.zeros(3, 5, dtype=torch.bfloat16)
+    assert stored_bytes(t) == 30 and stored_bytes(torch.nn.Parameter(torch.zeros(7))) == 28

@@ -39,3 +39,14 @@ def test_full_fine_tuning_is_the_baseline_and_a_compiled_job_says_why_it_has_non
     rec = run_job(compose_cfg([*FAST, "strategy=lora_qk", "train.compile=true"]), tmp_path / "compiled")
     assert rec.status == "ok" and rec.paired.pairs == 0 and "compiled" in rec.paired.skipped
     assert not [r for r in read_steps(tmp_path / "compiled" / "steps.jsonl") if r["kind"] == "paired"]
+
+
+def test_the_baseline_is_plain_full_fine_tuning_and_checkpointed_full_is_paired_with_it(tmp_path, cfg_of):
+    from bench.measure.paired import baseline_config, is_baseline
+
+    cfg = cfg_of("strategy=lora_all", "quant.base=nf4", "lora.dora=true", "train.checkpointing=blocks")
+    base = baseline_config(cfg)
+    assert base.strategy.name == "full" and base.quant.base == "none" and base.train.checkpointing == "none"
+    assert is_baseline(base) and not is_baseline(cfg_of("strategy=full", "train.checkpointing=blocks"))
+    rec = run_job(compose_cfg([*FAST, "strategy=full", "train.checkpointing=blocks"]), tmp_path)
+    assert rec.status == "ok" and rec.paired.pairs == 3 and rec.paired.skipped is None

@@ -89,3 +89,41 @@ def test_merge_all_unties_the_head_before_merging(cfg_of):
         merge_all(model)
         torch.testing.assert_close(model(x), y, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(model.tok_embeddings.weight, emb_before, rtol=0, atol=0)
+
+
+def test_dora_is_the_base_at_init_and_the_paper_formula_after():
+    base = _base()
+    x = torch.randn(3, 5, 24)
+    lora = LoRALinear(base, rank=4, scale=2.0, dora=True)
+    # m starts at the row norms of W (B = 0), so the layer computes W x exactly
+    torch.testing.assert_close(lora.magnitude.detach(), base.weight.norm(dim=1))
+    torch.testing.assert_close(lora(x), base(x), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        lora.lora_b.normal_()
+        lora.magnitude.mul_(torch.linspace(0.5, 1.5, 40))
+    w = base.weight + 2.0 * lora.lora_b @ lora.lora_a
+    expected = x @ (lora.magnitude[:, None] * w / w.norm(dim=1, keepdim=True)).T  # m · (W + sBA) / ‖W + sBA‖
+    torch.testing.assert_close(lora(x), expected, rtol=1e-5, atol=1e-5)
+    merged = lora.merge()
+    torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_norm_is_detached_and_the_magnitude_trains():
+    lora = LoRALinear(_base(), rank=4, scale=1.0, dora=True)
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    lora(torch.randn(6, 24)).pow(2).sum().backward()
+    assert lora.magnitude.grad is not None and lora.magnitude.grad.shape == (40,)
+    assert lora.adapter_params()["M"] is lora.magnitude
+    # the norm is a constant to autograd: the weight norm's graph holds no adapter parameter
+    assert not lora.weight_norm(torch.float32).requires_grad
+
+
+def test_dora_trainable_count_is_lora_plus_one_magnitude_per_output_row(cfg_of):
+    cfg = cfg_of("strategy=lora_all", "lora.rank=4", "lora.dora=true")
+    model = Transformer(cfg.model)
+    apply_strategy(model, STRATEGIES["lora_all"], cfg.lora)
+    d, kv, h, n_blocks = 128, 64, 384, 2
+    shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, h), (h, d), (d, h)]  # (in, out): q k v o gate down up
+    closed = n_blocks * sum(4 * (i + o) + o for i, o in shapes)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == closed

@@ -28,7 +28,7 @@ def test_ffn_hidden_rule():
     from bench.config import ModelConfig
 
     base = dict(name="x", kind="native", path=None, n_layers=1, n_heads=8, n_kv_heads=8, vocab_size=10, max_seq_len=8,
-                rope_theta=1e4, norm_eps=1e-5, ffn_hidden=None, checkpoint=None)
+                rope_theta=1e4, norm_eps=1e-5, ffn_hidden=None, checkpoint=None, tie_embeddings=True)
     assert ModelConfig(dim=512, **base).hidden == 1408  # MiniMind: int(8 * 512 / 3) rounded up to 64
     assert ModelConfig(dim=128, **base).hidden == 384
 

@@ -59,3 +59,32 @@ def test_lora_plus_groups_find_peft_names():
     names = {id(p): n for n, p in wrapped.named_parameters()}
     fast = next(g for g in groups if g["lr"] == 0.016)
     assert all(".lora_B." in names[id(p)] for p in fast["params"])  # found through PEFT's layers
+
+
+def test_native_dora_follows_peft_dora():
+    """Same trainable count (the magnitudes included), and from the same values the same losses."""
+    cfg, source, native, s_native = _prepared("strategy=lora_all", "lora.rank=4", "lora.alpha=8", "lora.dora=true")
+    _, _, wrapped, s_peft = _prepared("strategy=lora_all", "lora.rank=4", "lora.alpha=8", "lora.dora=true",
+                                      "lora.backend=peft")
+    trainable_peft, _ = wrapped.get_nb_trainable_parameters()
+    assert sum(p.numel() for p in native.parameters() if p.requires_grad) == trainable_peft
+    assert trainable_peft == 4 * CLOSED["lora_all"] + sum(len(m) for m in s_native.adapters["M"])
+    assert len(s_peft.adapters["M"]) == len(s_native.adapters["M"]) == 14
+    torch.manual_seed(1)
+    for name, layer in lora_modules(native):
+        with torch.no_grad():
+            layer.lora_b.normal_(std=0.02)
+            layer.reset_magnitude()  # m = ‖W + sBA‖: where PEFT's own init puts it
+        target = wrapped.base_model.model.get_submodule(name)
+        with torch.no_grad():
+            target.lora_A["default"].weight.copy_(layer.lora_a)
+            target.lora_B["default"].weight.copy_(layer.lora_b)
+            target.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
+    gen = torch.Generator().manual_seed(3)
+    batches = [source.batch(4, 32, gen) for _ in range(5)]
+    losses = {}
+    for key, s in (("native", s_native), ("peft", s_peft)):
+        trainer = trainer_of(cfg, s)
+        losses[key] = [trainer.step([b], StepTimer(torch.device("cpu")))[0] for b in batches]
+    assert losses["native"] == pytest.approx(losses["peft"], rel=1e-5, abs=1e-5)
+    assert losses["native"][-1] < losses["native"][0]

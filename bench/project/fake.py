@@ -1,0 +1,250 @@
+"""A job's training step on fake tensors: every operation dispatched with its real shapes and
+dtypes, no memory and no arithmetic spent (torch._subclasses.fake_tensor.FakeTensorMode).
+
+The job is built by the measured path's own build stage (bench/models/setup.py) inside the fake
+mode, on the CPU device: moving fake parameters between devices fails ("Couldn't swap"), staying
+on one device does not. `project.dtype=bf16` builds every parameter in bf16 (the default dtype
+during the build: no `.to()`), as fine-tuning with torch_dtype=bfloat16 stores them.
+
+AdamW's state is created first, as a measured job's first step creates it (one optimizer step on
+zero gradients: no forward or backward is needed for that); the step that follows, in steady
+state, runs under three observers:
+- `LiveMemory`: the peak, split as PyTorch's MemTracker splits it (parameters, buffers, gradients,
+  optimizer state, activations, temporaries), tracked incrementally: MemTracker rescans every live
+  storage at every operation (33 of 55 s of a Llama-3.2-1B step here); a test holds the two equal;
+- FlopCounterMode, with this project's extra rules (bench/measure/counters.py);
+- `OpRecorder`: every aten operation, its FLOPs, the bytes it reads and writes, and whether it
+  launches a kernel (a view launches none).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+from bench.config import BenchConfig
+from bench.measure import counters
+
+_EXTRA = {k: shape_wrapper(v) for k, v in counters.EXTRA_FLOPS.items()}
+# MemTracker's names for its categories, as the record names them.
+SPLIT = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Optstate": "optimizer",
+         "Activation": "activations", "Temp": "temporaries", "Other": "other"}
+
+
+@dataclass
+class Op:
+    name: str
+    flops: int
+    bytes: int
+    kernel: bool
+    dtype: str  # "bf16" | "fp16" | "fp32": the dtype its time is priced at
+
+
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _launches(func) -> bool:
+    """A view (its outputs alias an input and nothing is written) is metadata: no kernel."""
+    returns = func._schema.returns
+    return not (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns))
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[Op] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        count = flop_registry.get(packet) or _EXTRA.get(packet)
+        flops = int(count(*args, **kwargs, out_val=out)) if count is not None else 0
+        kernel = _launches(func)
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        moved = sum(t.numel() * t.element_size() for t in tensors) if kernel else 0
+        floating = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+        self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32")))
+        return out
+
+
+class LiveMemory(TorchDispatchMode):
+    """Live tensor bytes by category, and their peak. Every storage an operation creates is counted
+    once, in the category of the phase that made it (forward: activations; backward and optimizer:
+    temporaries), until it is freed; a parameter's gradient moves to gradients when it is
+    accumulated. Parameters, buffers and optimizer state exist before the step."""
+
+    def __init__(self, model, optimizer):
+        super().__init__()
+        self.phase = "activations"
+        self.current = dict.fromkeys(SPLIT.values(), 0)
+        self.live: dict[int, tuple[int, str]] = {}
+        self.total = self.peak = 0
+        self.at_peak: dict = dict(self.current)
+        for p in model.parameters():
+            self._fixed(p, "parameters")
+        for b in model.buffers():
+            self._fixed(b, "buffers")
+        for state in optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v):
+                    self._fixed(v, "optimizer")
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad) for p in model.parameters() if p.requires_grad]
+
+    def _fixed(self, t: torch.Tensor, category: str) -> None:
+        if not self._track(t, category):  # a wrapper subclass (a 4-bit weight): its packed bytes, held all step
+            self._move(counters.stored_bytes(t), category)
+
+    def _move(self, nbytes: int, category: str) -> None:
+        self.current[category] += nbytes
+        self.total += nbytes
+        if self.total > self.peak:
+            self.peak, self.at_peak = self.total, dict(self.current)
+
+    def _track(self, t: torch.Tensor, category: str) -> bool:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return False
+        key = st._cdata
+        if key not in self.live:
+            n = st.nbytes()
+            self.live[key] = (n, category)
+            weakref.finalize(st, self._free, key)
+            self._move(n, category)
+        return True
+
+    def _free(self, key: int) -> None:
+        n, category = self.live.pop(key, (0, None))
+        if category is not None:
+            self.current[category] -= n
+            self.total -= n
+
+    def _grad(self, p: torch.Tensor) -> None:
+        key = p.grad.untyped_storage()._cdata
+        if key in self.live and self.live[key][1] != "gradients":
+            n, old = self.live[key]
+            self.current[old] -= n
+            self.current["gradients"] += n
+            self.live[key] = (n, "gradients")
+        else:
+            self._track(p.grad, "gradients")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t, self.phase)
+        return out
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+def _skip_frozen(tracker, model) -> None:
+    """MemTracker hooks every parameter's gradient, and a frozen parameter refuses a hook ("cannot
+    register a hook on a tensor that doesn't require gradient"): mark those as hooked already. They
+    have no gradient to track."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@dataclass
+class FakeStep:
+    peak_bytes: int
+    split: dict          # category -> bytes at the peak
+    flops: int
+    ops: list[Op]
+    params_total: int
+    params_trainable: int
+    weights_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    plan: object
+    shape: object
+    quant: object
+    seconds: float       # how long the projection took on this machine
+
+
+def _memtracker(model, optimizer):
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    _skip_frozen(tracker, model)
+    tracker.track_external(model, optimizer)
+    return tracker
+
+
+def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool = False,
+              foreach: bool = False) -> FakeStep:
+    """Build the job on fake tensors and run its steady-state step, observed. `memtracker`:
+    PyTorch's MemTracker instead of LiveMemory (the tests hold them equal). `foreach`: AdamW's
+    multi-tensor implementation, PyTorch's default on CUDA (on a CPU it loops over the tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    from bench.measure.trainer import Trainer
+    from bench.models.setup import seed_everything, setup
+
+    t0 = time.perf_counter()
+    if batch_size is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
+    cpu = torch.device("cpu")
+    dtype = torch.bfloat16 if cfg.project.dtype == "bf16" else torch.float32
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        seed_everything(cfg.train.seed)
+        with _default_dtype(dtype):
+            s = setup(cfg, cpu, data_context=unset_fake_temporarily)
+        trainer = Trainer(s.model, cfg, s.adapters["B"])
+        if foreach:
+            trainer.optimizer = torch.optim.AdamW(trainer.optimizer.param_groups, foreach=True)
+        batches = list(s.train_batches(cfg, 1))
+        for p in trainer.params:  # AdamW's state, as a first step makes it
+            p.grad = torch.zeros_like(p)
+        trainer._update()
+        tracker = _memtracker(s.model, trainer.optimizer) if memtracker else LiveMemory(s.model, trainer.optimizer)
+        recorder = OpRecorder()
+        flop_mode = torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=counters.EXTRA_FLOPS)
+        with tracker, flop_mode, recorder:
+            loss = trainer.loss(batches[0][0])
+            tracker.phase = "temporaries"  # LiveMemory's; MemTracker tells the phases itself
+            loss.backward()
+            trainer._update()
+        if memtracker:
+            snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
+            peak, split = int(snap["Total"]), {v: int(snap.get(k, 0)) for k, v in SPLIT.items()}
+        else:
+            tracker.close()
+            peak, split = tracker.peak, tracker.at_peak
+        params = counters.param_counts(s.model)
+        weights = counters.weights_bytes(s.model)
+        opt = counters.optimizer_state_bytes(trainer.optimizer)
+        grads = sum(p.numel() * p.element_size() for p in s.model.parameters() if p.requires_grad)
+    return FakeStep(peak_bytes=peak, split=split,
+                    flops=int(flop_mode.get_total_flops()), ops=recorder.ops, params_total=params["total"],
+                    params_trainable=params["trainable"], weights_bytes=weights, grads_bytes=grads,
+                    optimizer_bytes=opt, plan=s.plan, shape=s.shape, quant=s.quant,
+                    seconds=time.perf_counter() - t0)

@@ -1,0 +1,105 @@
+"""A projected job (project.gpu=NAME[,NAME...]): one fake step, priced for each named device.
+
+The record is of kind `projected`: its `projection` section holds every figure, its `memory`,
+`time` and `work` sections stay empty (nothing was measured), and its machine label says onto
+which devices it was projected. The report keeps it out of every measured verdict.
+
+Memory. MemTracker's peak is what the tensors hold. The CUDA caching allocator holds more: it
+rounds blocks and keeps freed ones cached, and the CUDA context takes memory of its own before
+any tensor. Both are modelled, not measured: reserved = RESERVE_FACTOR x peak + CUDA_CONTEXT
+(benchmarks/gpu_check.py records max_memory_reserved against max_memory_allocated on a lent GPU,
+which is how these two constants are to be replaced). A configuration fits when its reserve does.
+The largest batch that fits: the peak taken as affine in the batch, its slope the activations and
+temporaries at the peak per sample (weights, gradients, buffers and optimizer state do not grow
+with the batch; a test holds the slope to a second fake step's on the same job).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.config import BenchConfig, ConfigError
+from bench.measure.calibrate import calibrate
+from bench.project.devices import Device, lookup
+from bench.project.fake import fake_step
+from bench.project.timeline import project_time
+from bench.record.schema import DeviceProjection, Env, ModelShape, Params, Projection, Record
+
+RESERVE_FACTOR = 1.10      # the allocator's rounding and cache over the tensors' own peak (assumed)
+CUDA_CONTEXT = 512 * 2**20  # the CUDA context and cuBLAS workspace (assumed; typically 0.3-0.6 GiB)
+
+
+def devices(cfg: BenchConfig) -> list[Device]:
+    return [lookup(n) for n in cfg.project.gpu]
+
+
+def reserved(peak: int) -> int:
+    return int(RESERVE_FACTOR * peak) + CUDA_CONTEXT
+
+
+def largest_batch(memory: int, peak: int, batch: int, per_sample: int | None) -> int | None:
+    """The largest batch whose modelled reserve fits `memory` (None: the slope is unknown)."""
+    if not per_sample or per_sample <= 0:
+        return None
+    fixed = peak - batch * per_sample
+    room = (memory - CUDA_CONTEXT) / RESERVE_FACTOR - fixed
+    return max(0, math.floor(room / per_sample))
+
+
+def host_op_s(cfg: BenchConfig) -> tuple[float, str]:
+    """The dispatcher's cost per operation: project.host_op_us, or this machine's calibration."""
+    if cfg.project.host_op_us is not None:
+        return cfg.project.host_op_us * 1e-6, f"project.host_op_us={cfg.project.host_op_us:g}"
+    t = cfg.train
+    c = calibrate(torch.device("cpu"), "fp32", t.batch_size * t.seq_len, 64, 64)
+    return c["op_overhead_s"], "this machine's per-operation constant (bench/measure/calibrate.py)"
+
+
+def project_job(cfg: BenchConfig, rec: Record) -> str:
+    targets = devices(cfg)
+    step = fake_step(cfg, foreach=True)  # every target is a CUDA device: AdamW's default there
+    per_sample = (step.split["activations"] + step.split["temporaries"]) // cfg.train.batch_size
+    op_s, source = host_op_s(cfg)
+    rec.kind = "projected"
+    rec.plan, rec.quant = step.plan, step.quant
+    rec.model_shape = step.shape if isinstance(step.shape, ModelShape) else None
+    rec.params = Params(total=step.params_total, trainable=step.params_trainable)
+    names = ", ".join(d.name for d in targets)
+    rec.env = Env(torch=torch.__version__, python="", device="projected", device_name=names, cuda=None, cpu="",
+                  cpu_count=None, threads=torch.get_num_threads(), hostname="", git_commit=None,
+                  machine=f"projection onto {names} (not measured)")
+    out = []
+    for d in targets:
+        tl = project_time(step.ops, d, op_s)
+        res = reserved(step.peak_bytes)
+        out.append(DeviceProjection(
+            device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
+            fits=res <= d.memory_bytes,
+            largest_batch=largest_batch(d.memory_bytes, step.peak_bytes, cfg.train.batch_size, per_sample),
+            step_ms=tl.step_s * 1e3, host_ms=tl.host_s * 1e3, busy_ms=tl.busy_s * 1e3, compute_ms=tl.compute_s * 1e3,
+            memory_ms=tl.memory_s * 1e3, idle_fraction=tl.idle_fraction, bound=tl.bound, kernels=tl.kernels,
+            host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6))
+    rec.projection = Projection(
+        dtype=cfg.project.dtype, peak_bytes=step.peak_bytes, split=step.split, per_sample_bytes=per_sample,
+        flops_per_step=step.flops, ops_per_step=len(step.ops), weights_bytes=step.weights_bytes,
+        grads_bytes=step.grads_bytes, optimizer_state_bytes=step.optimizer_bytes, host_calibration=source,
+        seconds=step.seconds, devices=out)
+    return "ok"
+
+
+def projectable(cfg: BenchConfig) -> None:
+    """What a projection cannot do, refused in one line each."""
+    if cfg.dist.nproc > 1:
+        raise ConfigError("project.gpu", "several processes are not projected (dist.nproc=1)")
+    if cfg.train.compile or cfg.train.cuda_graphs:
+        raise ConfigError("project.gpu", "compiled or captured steps are not projected (their kernels are "
+                                         "not the eager step's operations)")
+    if cfg.train.grad_accum > 1:
+        raise ConfigError("project.gpu", "the projected step is one micro-batch (train.grad_accum=1)")
+    if cfg.search.batch:
+        raise ConfigError("project.gpu", "the projection finds the largest batch itself (search.batch=false)")
+    if cfg.lora.backend == "peft" and cfg.quant.base != "none":
+        raise ConfigError("project.gpu", "bitsandbytes' kernels have no fake-tensor implementation; project "
+                                         "QLoRA with the native backend (torchao's NF4)")
+

@@ -1,0 +1,107 @@
+"""The report of projected records (bench/project/): does it fit, and which is projected slower, and why.
+
+Every heading, table and sentence here says PROJECTED: these figures come from a step run on fake
+tensors and priced with datasheet figures, not from a device. They never enter a measured verdict
+(bench/report/explain.py reads no projected record).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.load import strategy_label, variant_suffix
+
+GIB = 2 ** 30
+GROUP = ["model", "batch_size", "seq_len", "precision"]
+
+
+def rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (projected record, device)."""
+    out = []
+    for _, r in df[(df.kind == "projected") & (df.status == "ok")].iterrows():
+        p = r.projection
+        for d in p["devices"]:
+            out.append({"model": r.model, "batch_size": r.batch_size, "seq_len": r.seq_len, "precision": r.precision,
+                        "dtype": p["dtype"], "configuration": strategy_label(r) + variant_suffix(r),
+                        "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
+                                                                                   p["split"].items()},
+                        "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"], **d})
+    return pd.DataFrame(out)
+
+
+def _why(r: pd.Series, full: pd.Series) -> str:
+    ratio = r.step_ms / full.step_ms
+    word = "slower" if ratio > 1 else "faster"
+    if r.bound == "host":
+        cause = (f"host-bound: the GPU idles {r.idle_fraction:.0%} of the step while the host issues "
+                 f"{r.kernels:,} kernels ({r.ops:,} operations at {r.host_op_us:.1f} + {r.launch_us:.1f} us)")
+    else:
+        cause = (f"device-bound: {r.compute_ms:.1f} ms of arithmetic and {r.memory_ms:.1f} ms of memory traffic, "
+                 f"the GPU idle {r.idle_fraction:.0%}")
+    return (f"{r.configuration} on {r.device}: projected {ratio:.2f}x full fine-tuning's step ({word}; "
+            f"{r.step_ms:.1f} against {full.step_ms:.1f} ms), {cause}")
+
+
+def _fit(r: pd.Series) -> str:
+    big = "" if r.largest_batch is None or r.largest_batch != r.largest_batch else f", largest batch {int(r.largest_batch)}"
+    return (f"{r.configuration} on {r.device}: reserve {r.reserved_bytes / GIB:.1f} of {r.memory_bytes / GIB:.0f} GiB, "
+            f"{'fits' if r.fits else 'does not fit'}{big}")
+
+
+def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
+    t = rows(df)
+    if t.empty:
+        return []
+    blocks: list[tuple] = [("h2", "PROJECTED, not measured: memory and time on named devices"),
+                           ("p", "Each configuration's step ran on fake tensors (bench/project/fake.py): its peak memory "
+                                 "by category is PyTorch's MemTracker's, its time a roofline per operation (FLOPs over "
+                                 "the device's peak, bytes over its bandwidth) on a device timeline fed by a host that "
+                                 "issues every operation at this machine's calibrated cost plus a kernel launch "
+                                 "(bench/project/timeline.py). reserve: the modelled allocator reserve, 1.1 x the peak "
+                                 "+ 0.5 GiB of CUDA context (assumed, bench/project/job.py). Nothing here was measured "
+                                 "on the device; docs/projection.md says how far it is trusted.")]
+    for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):
+        model, batch, seq, precision = key
+        blocks.append(("h3", f"Projected: {model}, batch {batch} x seq {seq}, {precision} autocast, "
+                             f"{g.dtype.iloc[0]} parameters"))
+        table = []
+        lines = []
+        for device, dg in g.groupby("device", sort=False):
+            fulls = dg[dg.plain_full]
+            full = fulls.iloc[0] if not fulls.empty else None
+            for _, r in dg.iterrows():
+                table.append({"configuration": r.configuration, "device": device,
+                              "peak GiB": f"{r.peak / GIB:.2f}", "reserve GiB": f"{r.reserved_bytes / GIB:.2f}",
+                              "fits": "yes" if r.fits else "no",
+                              "largest batch": "" if r.largest_batch != r.largest_batch or r.largest_batch is None
+                              else f"{int(r.largest_batch)}",
+                              "step ms": f"{r.step_ms:.1f}",
+                              "vs full": "" if full is None else f"{r.step_ms / full.step_ms:.2f}x",
+                              "bound": r.bound, "GPU idle": f"{r.idle_fraction:.0%}",
+                              "compute ms": f"{r.compute_ms:.1f}", "memory ms": f"{r.memory_ms:.1f}",
+                              "kernels": f"{r.kernels:,}"})
+            fit = dg[dg.fits]
+            lines.append(f"{device} ({dg.memory_bytes.iloc[0] / GIB:.0f} GiB): fits at batch {batch}: "
+                         + (", ".join(fit.configuration) if not fit.empty else "none") + "; "
+                         + "; ".join(_fit(r) for _, r in dg.iterrows() if not r.fits))
+            if full is not None:
+                lines += [_why(r, full) for _, r in dg.iterrows() if not r.plain_full and r.step_ms > full.step_ms]
+        split = g.drop_duplicates("configuration")
+        blocks += [("table", pd.DataFrame(table)),
+                   ("table", pd.DataFrame({"configuration": split.configuration,
+                                           **{c.replace("split_", "") + " GiB": [f"{x / GIB:.2f}" for x in split[c]]
+                                              for c in split.columns if c.startswith("split_")},
+                                           "TFLOP/step": [f"{x / 1e12:.2f}" for x in split.flops],
+                                           "operations": [f"{x:,}" for x in split.ops],
+                                           "projected in s": [f"{x:.0f}" for x in split.seconds]})),
+                   ("ul", lines)]
+        if plot is not None:
+            name = f"projection_{n + 1}"
+            try:
+                plot(g, out, name)
+                blocks.append(("img", name, "PROJECTED memory by category against each device's capacity, and the "
+                                            "projected time split"))
+            except Exception as e:  # one plot must not cost the report
+                blocks.append(("p", f"The projection plot failed: {type(e).__name__}: {e}"))
+    return blocks

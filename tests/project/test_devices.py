@@ -1,0 +1,28 @@
+"""The device table: every device with its source, PyTorch's figures read back dense."""
+import pytest
+
+from bench.config import ConfigError
+from bench.project.devices import host_device, listing, lookup, table
+
+
+def test_every_device_the_issue_names_is_there_with_a_source():
+    devices = table()
+    for name in ("H100", "A100-80GB", "H200", "L40S", "RTX4090", "RTX3090", "A10G"):
+        d = devices[name]
+        assert d.source and d.memory_bytes > 0 and d.bandwidth > 0 and d.launch_s > 0
+        assert d.matmul_flops["bf16"] > d.matmul_flops["fp32"] > 0
+    # PyTorch's table gives the H100's bf16 with sparsity (1979 TFLOP/s): dense is half
+    assert devices["H100"].matmul_flops["bf16"] == pytest.approx(989.5e12)
+    assert "device_info" in devices["H100"].source and devices["A100-80GB"].memory_bytes == 80 * 2**30
+
+
+def test_an_unknown_device_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError) as e:
+        lookup("TPUv9")
+    assert e.value.key == "project.gpu" and "H100" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_listing_and_the_host_as_a_device():
+    assert "RTX3090: 24 GiB" in listing()
+    cpu = host_device(1e11, 3e10, "this CPU")
+    assert cpu.launch_s == 0 and cpu.matmul_flops["fp32"] == 1e11

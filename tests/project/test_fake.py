@@ -1,0 +1,66 @@
+"""The fake step: exact against the measured job's counted bytes, equal to MemTracker, fast."""
+import pytest
+import torch
+
+from bench.measure import counters
+from bench.project.fake import fake_step
+from tests.conftest import built, compose_cfg, trainer_of
+
+
+def _cfg(*overrides):
+    from bench.config import load_config
+
+    return load_config(compose_cfg(["device=cpu", "project.gpu=H100", "data=random", *overrides]))
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora_all", "lora_qk"])
+def test_weights_gradients_and_optimizer_bytes_equal_the_measured_jobs(strategy):
+    step = fake_step(_cfg(f"strategy={strategy}"))
+    cfg, s = built(f"strategy={strategy}", "data=random")
+    trainer = trainer_of(cfg, s)
+    batch = next(s.train_batches(cfg, 1))
+    trainer.step(batch, __import__("bench.measure.timer", fromlist=["StepTimer"]).StepTimer(torch.device("cpu")))
+    with counters.StepCounts(s.model) as probe:
+        trainer.step(next(s.train_batches(cfg, 1)), __import__("bench.measure.timer", fromlist=["StepTimer"]).StepTimer(
+            torch.device("cpu")), probe)
+    assert step.weights_bytes == counters.weights_bytes(s.model)
+    assert step.grads_bytes == probe.grads_bytes
+    assert step.optimizer_bytes == counters.optimizer_state_bytes(trainer.optimizer)
+    assert step.params_trainable == counters.param_counts(s.model)["trainable"]
+    assert step.flops == probe.flops  # the same FLOP rules on the same shapes
+
+
+def test_live_memory_equals_memtracker():
+    for strategy in ("full", "lora_all"):
+        cfg = _cfg(f"strategy={strategy}")
+        a, b = fake_step(cfg), fake_step(cfg, memtracker=True)
+        assert a.peak_bytes == b.peak_bytes
+        for k in ("parameters", "buffers", "gradients", "optimizer"):
+            assert a.split[k] == b.split[k], k
+        # one scalar's storage may be filed as a temporary by one and an activation by the other
+        assert abs(a.split["activations"] - b.split["activations"]) <= 8
+
+
+def test_the_peak_is_affine_in_the_batch_with_the_activation_slope():
+    one, eight = fake_step(_cfg("strategy=lora_all", "train.batch_size=1")), fake_step(
+        _cfg("strategy=lora_all", "train.batch_size=8"))
+    slope = (eight.split["activations"] + eight.split["temporaries"]) / 8
+    assert (eight.peak_bytes - one.peak_bytes) / 7 == pytest.approx(slope, rel=0.05)
+
+
+def test_variants_project_and_their_bytes_follow():
+    pytest.importorskip("torchao")
+    q = fake_step(_cfg("strategy=lora_all", "quant.base=nf4", "quant.scaler_block_size=32"))
+    plain = fake_step(_cfg("strategy=lora_all"))
+    assert q.weights_bytes < plain.weights_bytes and q.quant.bytes_after < q.quant.bytes_before
+    ckpt = fake_step(_cfg("strategy=lora_all", "train.checkpointing=blocks"))
+    assert ckpt.split["activations"] < plain.split["activations"] and ckpt.flops > plain.flops  # the recompute
+    dora = fake_step(_cfg("strategy=lora_all", "lora.dora=true"))
+    assert dora.params_trainable > plain.params_trainable
+    assert any(op.name == "aten.linalg_vector_norm" for op in dora.ops)
+
+
+def test_bf16_parameters_are_built_in_bf16_without_a_move():
+    step = fake_step(_cfg("strategy=full", "project.dtype=bf16", "train.precision=bf16"))
+    full = fake_step(_cfg("strategy=full"))
+    assert step.weights_bytes * 2 == full.weights_bytes

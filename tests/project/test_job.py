@@ -1,0 +1,35 @@
+"""A projected job: its record, its refusals, and that it can never pass for a measurement."""
+import pytest
+
+from bench.job import run_job
+from bench.project.job import CUDA_CONTEXT, RESERVE_FACTOR, largest_batch, reserved
+from tests.conftest import FAST, compose_cfg
+
+
+def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
+    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "project.gpu=[H100,RTX4090]", "data=random"]), tmp_path)
+    assert rec.status == "ok" and rec.kind == "projected"
+    assert rec.time is None and rec.memory is None and rec.work is None and rec.paired is None
+    assert "projection onto H100, RTX4090 (not measured)" == rec.env.machine
+    p = rec.projection
+    assert [d.device for d in p.devices] == ["H100", "RTX4090"]
+    for d in p.devices:
+        assert d.reserved_bytes == reserved(p.peak_bytes) and d.fits == (d.reserved_bytes <= d.memory_bytes)
+        assert d.step_ms >= max(d.host_ms, d.busy_ms) * 0.999 and d.bound in ("host", "device")
+    assert p.split["parameters"] > 0 and p.ops_per_step > 0
+
+
+def test_the_reserve_and_the_largest_batch_closed_forms():
+    assert reserved(1000) == int(RESERVE_FACTOR * 1000) + CUDA_CONTEXT
+    gib = 2**30
+    # 10 GiB fixed + 1 GiB per sample on a 24 GiB card: (24 - 0.5) / 1.1 - 10 = 11.36 -> 11 samples
+    assert largest_batch(24 * gib, 14 * gib, 4, gib) == 11
+    assert largest_batch(24 * gib, 14 * gib, 4, None) is None
+
+
+@pytest.mark.parametrize("extra, word", [(["project.gpu=TPUv9"], "TPUv9"), (["project.gpu=H100", "dist.nproc=2"],
+                                                                          "several processes"),
+                                         (["project.gpu=H100", "train.grad_accum=2"], "one micro-batch")])
+def test_what_cannot_be_projected_is_an_invalid_record(tmp_path, extra, word):
+    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", *extra]), tmp_path)
+    assert rec.status == "invalid" and rec.outcome.key == "project.gpu" and word in rec.outcome.reason

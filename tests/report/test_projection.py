@@ -1,0 +1,24 @@
+"""Projected records: reported as projections, never in a measured verdict."""
+from bench.job import run_job
+from bench.report.explain import aggregate, settings
+from bench.report.load import load_records
+from bench.report.report import build_report
+from tests.conftest import FAST, compose_cfg
+from tests.fixtures import repeats, write
+
+
+def test_a_projected_record_never_enters_a_measured_verdict(tmp_path):
+    for i, r in enumerate(repeats() + repeats(strategy="lora_all", rank=8, step=30.0)):
+        write(tmp_path / "measured", str(i), r)
+    for s in ("full", "lora_all"):
+        run_job(compose_cfg([*FAST, f"strategy={s}", "project.gpu=RTX4090", "data=random"]), tmp_path / "p" / s)
+    df = load_records([tmp_path])
+    assert (df.kind == "projected").sum() == 2
+    agg = aggregate(df, host_noise=False)
+    assert len(agg) == 2 and set(agg.label) == {"full", "lora_all r=8"}  # the measured ones only
+    assert all(g.kind.eq("measured").all() for _, g in settings(df))
+    md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
+    head = md.split("## PROJECTED, not measured")[0]
+    assert "RTX4090" not in head  # every projected figure is under the projection's heading
+    projected = md.split("## PROJECTED, not measured")[1]
+    assert "| lora_all r=8 | RTX4090 |" in projected and "projected" in projected.lower()
