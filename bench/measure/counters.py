@@ -44,8 +44,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def _ptr(t: torch.Tensor) -> int | None:
+    """A storage's identity: its StorageImpl (a fake tensor's storage has no data pointer, and the
+    projection counts with this same class: bench/project/fake.py)."""
     try:
-        return t.untyped_storage().data_ptr()
+        return t.untyped_storage()._cdata
     except (RuntimeError, NotImplementedError):  # tensor subclasses without a storage of their own
         return None
 
@@ -65,25 +67,32 @@ def hold(tensors) -> None:
 class SavedTensors:
     """Counts the bytes autograd saves for backward while active (and what `hold` is told of)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, keep: bool = True):
         # A sharded (FSDP) parameter is a DTensor: its own storage is that of its local shard.
         self._params = {_ptr(getattr(p, "_local_tensor", p)) for p in model.parameters()}
-        self._seen: dict[int, torch.UntypedStorage] = {}
+        self._seen: dict[int, int] = {}
+        # keep: hold every counted storage, so that none is freed and its identity reused by another
+        # inside the step (two storages would count as one). A projection counts without holding (its
+        # memory peak must not change), only while the forward runs: a saved tensor lives until backward.
+        self._keep = [] if keep else None
 
     @property
     def bytes(self) -> int:
-        return sum(s.nbytes() for s in self._seen.values())
+        return sum(self._seen.values())
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
             storage = t.untyped_storage()
-            ptr = storage.data_ptr()
+            ptr = storage._cdata
         except (RuntimeError, NotImplementedError):  # tensor subclasses without storage (a 4-bit weight)
             return t
-        if ptr and ptr not in self._params:
+        if storage.nbytes() and ptr not in self._params:
             # Holding the storage keeps its address from being reused by another tensor
             # inside this step, which would make two storages count as one.
-            self._seen.setdefault(ptr, storage)
+            if ptr not in self._seen:
+                self._seen[ptr] = storage.nbytes()
+                if self._keep is not None:
+                    self._keep.append(storage)
         return t
 
     @contextmanager

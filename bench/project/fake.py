@@ -84,6 +84,8 @@ class LiveMemory(TorchDispatchMode):
     def __init__(self, model, optimizer):
         super().__init__()
         self.phase = "activations"
+        self.stage = "forward"       # forward | backward | optimizer: each has its own peak
+        self.stages: dict[str, tuple[int, dict]] = {}
         self.current = dict.fromkeys(SPLIT.values(), 0)
         self.live: dict[int, tuple[int, str]] = {}
         self.total = self.peak = 0
@@ -99,14 +101,19 @@ class LiveMemory(TorchDispatchMode):
         self._hooks = [p.register_post_accumulate_grad_hook(self._grad) for p in model.parameters() if p.requires_grad]
 
     def _fixed(self, t: torch.Tensor, category: str) -> None:
-        if not self._track(t, category):  # a wrapper subclass (a 4-bit weight): its packed bytes, held all step
-            self._move(counters.stored_bytes(t), category)
+        packed = counters.stored_bytes(t)
+        if packed != t.numel() * t.element_size():  # a 4-bit weight: its codes and scales, held all step
+            self._move(packed, category)
+        elif not self._track(t, category):
+            self._move(packed, category)
 
     def _move(self, nbytes: int, category: str) -> None:
         self.current[category] += nbytes
         self.total += nbytes
         if self.total > self.peak:
             self.peak, self.at_peak = self.total, dict(self.current)
+        if self.total > self.stages.get(self.stage, (-1, None))[0]:
+            self.stages[self.stage] = (self.total, dict(self.current))
 
     def _track(self, t: torch.Tensor, category: str) -> bool:
         try:
@@ -177,6 +184,8 @@ def _default_dtype(dtype: torch.dtype):
 class FakeStep:
     peak_bytes: int
     split: dict          # category -> bytes at the peak
+    stages: dict         # forward | backward | optimizer -> {peak, batch_bytes: its activations and temporaries}
+    saved_bytes: int     # saved for backward (counters.SavedTensors): a measured job's memory.activations_bytes
     flops: int
     ops: list[Op]
     params_total: int
@@ -228,22 +237,28 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
         tracker = _memtracker(s.model, trainer.optimizer) if memtracker else LiveMemory(s.model, trainer.optimizer)
         recorder = OpRecorder()
         flop_mode = torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=counters.EXTRA_FLOPS)
+        saved = counters.SavedTensors(s.model, keep=False)  # saved for backward, as a measured job counts it
         with tracker, flop_mode, recorder:
-            loss = trainer.loss(batches[0][0])
-            tracker.phase = "temporaries"  # LiveMemory's; MemTracker tells the phases itself
+            with saved.active():
+                loss = trainer.loss(batches[0][0])
+            tracker.phase, tracker.stage = "temporaries", "backward"  # LiveMemory's; MemTracker tells them itself
             loss.backward()
+            tracker.stage = "optimizer"
             trainer._update()
         if memtracker:
             snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
             peak, split = int(snap["Total"]), {v: int(snap.get(k, 0)) for k, v in SPLIT.items()}
+            stages = {}
         else:
             tracker.close()
             peak, split = tracker.peak, tracker.at_peak
+            stages = {k: {"peak": v[0], "batch_bytes": v[1]["activations"] + v[1]["temporaries"]}
+                      for k, v in tracker.stages.items()}
         params = counters.param_counts(s.model)
         weights = counters.weights_bytes(s.model)
         opt = counters.optimizer_state_bytes(trainer.optimizer)
         grads = sum(p.numel() * p.element_size() for p in s.model.parameters() if p.requires_grad)
-    return FakeStep(peak_bytes=peak, split=split,
+    return FakeStep(peak_bytes=peak, split=split, stages=stages, saved_bytes=saved.bytes,
                     flops=int(flop_mode.get_total_flops()), ops=recorder.ops, params_total=params["total"],
                     params_trainable=params["trainable"], weights_bytes=weights, grads_bytes=grads,
                     optimizer_bytes=opt, plan=s.plan, shape=s.shape, quant=s.quant,

@@ -9,13 +9,13 @@ rounds blocks and keeps freed ones cached, and the CUDA context takes memory of 
 any tensor. Both are modelled, not measured: reserved = RESERVE_FACTOR x peak + CUDA_CONTEXT
 (benchmarks/gpu_check.py records max_memory_reserved against max_memory_allocated on a lent GPU,
 which is how these two constants are to be replaced). A configuration fits when its reserve does.
-The largest batch that fits: the peak taken as affine in the batch, its slope the activations and
-temporaries at the peak per sample (weights, gradients, buffers and optimizer state do not grow
-with the batch; a test holds the slope to a second fake step's on the same job).
+The largest batch that fits: the step has a peak per stage (forward, backward, optimizer). The
+forward's and the backward's are taken as affine in the batch, their slope the activations and
+temporaries at that peak per sample (weights, gradients, buffers and optimizer state do not grow
+with the batch); the optimizer's as constant. The batch's peak is the largest of the three (a test
+holds this to the fake steps of other batches on the same job).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -38,13 +38,29 @@ def reserved(peak: int) -> int:
     return int(RESERVE_FACTOR * peak) + CUDA_CONTEXT
 
 
-def largest_batch(memory: int, peak: int, batch: int, per_sample: int | None) -> int | None:
-    """The largest batch whose modelled reserve fits `memory` (None: the slope is unknown)."""
-    if not per_sample or per_sample <= 0:
+def peak_at(stages: dict, batch: int, at: int) -> float:
+    """The step's peak at batch `at`, from its stage peaks measured at batch `batch`."""
+    out = 0.0
+    for name, s in stages.items():
+        grows = name != "optimizer"
+        out = max(out, s["peak"] + (at - batch) * s["batch_bytes"] / batch if grows else s["peak"])
+    return out
+
+
+def largest_batch(memory: int, stages: dict, batch: int, limit: int = 1 << 20) -> int | None:
+    """The largest batch whose modelled reserve fits `memory`; 0: not even 1; None: no stages."""
+    if not stages:
         return None
-    fixed = peak - batch * per_sample
-    room = (memory - CUDA_CONTEXT) / RESERVE_FACTOR - fixed
-    return max(0, math.floor(room / per_sample))
+    fits = lambda b: reserved(int(peak_at(stages, batch, b))) <= memory  # noqa: E731
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi < limit and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # the peak grows with the batch: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def host_op_s(cfg: BenchConfig) -> tuple[float, str]:
@@ -59,7 +75,8 @@ def host_op_s(cfg: BenchConfig) -> tuple[float, str]:
 def project_job(cfg: BenchConfig, rec: Record) -> str:
     targets = devices(cfg)
     step = fake_step(cfg, foreach=True)  # every target is a CUDA device: AdamW's default there
-    per_sample = (step.split["activations"] + step.split["temporaries"]) // cfg.train.batch_size
+    grows = [s["batch_bytes"] for k, s in step.stages.items() if k != "optimizer"]
+    per_sample = max(grows) // cfg.train.batch_size if grows else None
     op_s, source = host_op_s(cfg)
     rec.kind = "projected"
     rec.plan, rec.quant = step.plan, step.quant
@@ -76,14 +93,16 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
         out.append(DeviceProjection(
             device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
             fits=res <= d.memory_bytes,
-            largest_batch=largest_batch(d.memory_bytes, step.peak_bytes, cfg.train.batch_size, per_sample),
+            largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size),
             step_ms=tl.step_s * 1e3, host_ms=tl.host_s * 1e3, busy_ms=tl.busy_s * 1e3, compute_ms=tl.compute_s * 1e3,
             memory_ms=tl.memory_s * 1e3, idle_fraction=tl.idle_fraction, bound=tl.bound, kernels=tl.kernels,
             host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6))
     rec.projection = Projection(
         dtype=cfg.project.dtype, peak_bytes=step.peak_bytes, split=step.split, per_sample_bytes=per_sample,
+        stages=step.stages,
         flops_per_step=step.flops, ops_per_step=len(step.ops), weights_bytes=step.weights_bytes,
-        grads_bytes=step.grads_bytes, optimizer_state_bytes=step.optimizer_bytes, host_calibration=source,
+        grads_bytes=step.grads_bytes, optimizer_state_bytes=step.optimizer_bytes,
+        activations_bytes=step.saved_bytes, host_calibration=source,
         seconds=step.seconds, devices=out)
     return "ok"
 

@@ -224,15 +224,17 @@ class Projection:
     dtype: str                  # fp32 | bf16: how the parameters are stored
     peak_bytes: int             # MemTracker's peak of the steady-state step
     split: dict                 # parameters, buffers, gradients, optimizer, activations, temporaries, other
-    per_sample_bytes: Optional[int]  # the peak's growth per sample of batch (two fake steps)
+    per_sample_bytes: Optional[int]  # the forward or backward peak's growth per sample of batch
     flops_per_step: int
     ops_per_step: int
     weights_bytes: int
     grads_bytes: int
     optimizer_state_bytes: int
+    activations_bytes: int      # saved for backward, counted as a measured job counts it
     host_calibration: str       # where the host's per-operation cost comes from
     seconds: float              # how long the projection took here
     devices: list[DeviceProjection] = field(default_factory=list)
+    stages: dict = field(default_factory=dict)  # forward | backward | optimizer -> {peak, batch_bytes}
 
 
 @dataclass

@@ -26,7 +26,8 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "dtype": p["dtype"], "configuration": strategy_label(r) + variant_suffix(r),
                         "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
                                                                                    p["split"].items()},
-                        "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"], **d})
+                        "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
+                        "saved": p["activations_bytes"], **d})
     return pd.DataFrame(out)
 
 
@@ -92,6 +93,7 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                    ("table", pd.DataFrame({"configuration": split.configuration,
                                            **{c.replace("split_", "") + " GiB": [f"{x / GIB:.2f}" for x in split[c]]
                                               for c in split.columns if c.startswith("split_")},
+                                           "saved for backward GiB": [f"{x / GIB:.2f}" for x in split.saved],
                                            "TFLOP/step": [f"{x / 1e12:.2f}" for x in split.flops],
                                            "operations": [f"{x:,}" for x in split.ops],
                                            "projected in s": [f"{x:.0f}" for x in split.seconds]})),

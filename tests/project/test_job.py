@@ -22,9 +22,12 @@ def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
 def test_the_reserve_and_the_largest_batch_closed_forms():
     assert reserved(1000) == int(RESERVE_FACTOR * 1000) + CUDA_CONTEXT
     gib = 2**30
-    # 10 GiB fixed + 1 GiB per sample on a 24 GiB card: (24 - 0.5) / 1.1 - 10 = 11.36 -> 11 samples
-    assert largest_batch(24 * gib, 14 * gib, 4, gib) == 11
-    assert largest_batch(24 * gib, 14 * gib, 4, None) is None
+    # measured at batch 4: the forward peaks at 14 GiB with 4 GiB that grow (10 fixed + 1 per sample), the
+    # optimizer at 12 GiB; on a 24 GiB card: (24 - 0.5) / 1.1 - 10 = 11.36 -> 11 samples
+    stages = {"forward": {"peak": 14 * gib, "batch_bytes": 4 * gib}, "optimizer": {"peak": 12 * gib, "batch_bytes": 0}}
+    assert largest_batch(24 * gib, stages, 4) == 11
+    assert largest_batch(12 * gib, stages, 4) == 0  # the optimizer's peak alone does not fit
+    assert largest_batch(24 * gib, {}, 4) is None
 
 
 @pytest.mark.parametrize("extra, word", [(["project.gpu=TPUv9"], "TPUv9"), (["project.gpu=H100", "dist.nproc=2"],
