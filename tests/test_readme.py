@@ -125,7 +125,8 @@ def test_distributed_figures_are_in_the_filed_report():
 def test_variants_figures_are_in_the_filed_report():
     report = (REF / "variants" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
     doc = DOCS["variants.md"]
-    rows = [ln for ln in doc.splitlines() if ln.startswith(("| full checkpointing", "| lora_all r=8 "))]
+    rows = [ln for ln in doc.splitlines() if ln.startswith(("| full checkpointing", "| lora_all r=8 "))
+            and any(f"| {v} |" in ln for v in ("checkpointing", "QLoRA", "DoRA"))]
     assert len(rows) == 8 and all(row in report for row in rows)  # the table, verbatim
     front = _section("The variants slow runs use")
     for figure in ("1.77x", "1.57-2.01", "+192.62", "0.25x", "1.30x", "1.15-1.47", "1.93x", "1.42x", "1.25-1.61",
@@ -136,3 +137,29 @@ def test_variants_figures_are_in_the_filed_report():
                    "| 1.98x |", "| 1.47x |"):
         assert figure in report, figure
         assert figure.strip("| ").split(" | ")[0] in doc, figure
+
+
+def test_the_extended_memory_budget_rows_are_in_the_filed_report():
+    report = (REF / "memory_budget" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
+    rows = [ln for ln in DOCS["variants.md"].splitlines() if ln.startswith("| ") and "| 1.25 |" in ln]
+    assert len(rows) == 8 and all(row in report for row in rows)
+
+
+def test_the_projection_figures_are_in_the_filed_projected_reports():
+    front = _section("PROJECTED, not measured: models and GPUs this machine cannot hold")
+    report = next((REF / "projection").glob("*/report/report.md")).read_text()
+    section = report.split("### Projected: llama3_1_8b, batch 1 x seq 2048")[1].split("\n### ")[0]
+    for row in ("| full | H100 | 61.79 | 68.47 | yes |", "| lora_all r=8 quant=nf4 | RTX4090 | 20.73 | 23.30 | yes |",
+                "| lora_all r=8 quant=nf4 checkpointing=blocks | RTX4090 | 13.71 | 15.58 | yes |",
+                "| lora_qv r=8 checkpointing=blocks | RTX4090 | 20.42 | 22.96 | yes |",
+                "| lora_all r=8 quant=nf4 | H100 | 20.73 | 23.30 | yes | 4 | 522.8 | 1.29x |",
+                "| lora_all r=8 dora=True | H100 | 40.79 | 45.37 | yes | 2 | 535.1 | 1.32x |"):
+        assert row in section, row
+    for figure in ("68.47", "23.30", "15.58", "22.96", "1.29x", "1.32x", "1.23x", "0.113"):
+        assert figure in front, figure
+    fits = [ln for ln in section.splitlines() if "| RTX4090 |" in ln and "| yes |" in ln]
+    assert len(fits) == 3  # only those three fit the 24 GB card
+    m88 = next((REF / "projection_88").glob("*/report/report.md")).read_text()
+    assert "lora_all r=8 +head on RTX3090: projected 1.23x full fine-tuning's step" in m88
+    check = (REF / "projection_check" / "amd-epyc-2-threads" / "self_projection.md").read_text()
+    assert "median absolute error of the ratio 0.113" in check

@@ -11,6 +11,17 @@ from tests.models.test_hf import CLOSED, _prepared  # noqa: E402
 from tests.conftest import trainer_of  # noqa: E402
 
 
+def _trajectories(cfg, source, s_native, s_peft) -> dict[str, list[float]]:
+    """Five training losses of each backend, on the same batches."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [source.batch(4, 32, gen) for _ in range(5)]
+    losses = {}
+    for key, s in (("native", s_native), ("peft", s_peft)):
+        trainer = trainer_of(cfg, s)
+        losses[key] = [trainer.step([b], StepTimer(torch.device("cpu")))[0] for b in batches]
+    return losses
+
+
 @pytest.mark.parametrize("strategy", sorted(CLOSED))
 def test_trainable_counts_match_peft_and_the_closed_form(strategy):
     _, _, native, _ = _prepared(f"strategy={strategy}", "lora.rank=4")
@@ -31,12 +42,7 @@ def test_native_and_peft_follow_the_same_loss_trajectory():
         with torch.no_grad():
             target.lora_A["default"].weight.copy_(layer.lora_a)
             target.lora_B["default"].weight.copy_(layer.lora_b)
-    gen = torch.Generator().manual_seed(3)
-    batches = [source.batch(4, 32, gen) for _ in range(5)]
-    losses = {}
-    for key, s in (("native", s_native), ("peft", s_peft)):
-        trainer = trainer_of(cfg, s)
-        losses[key] = [trainer.step([b], StepTimer(torch.device("cpu")))[0] for b in batches]
+    losses = _trajectories(cfg, source, s_native, s_peft)
     assert losses["native"] == pytest.approx(losses["peft"], rel=1e-5)
     assert losses["native"][-1] < losses["native"][0]
 
@@ -80,11 +86,6 @@ def test_native_dora_follows_peft_dora():
             target.lora_A["default"].weight.copy_(layer.lora_a)
             target.lora_B["default"].weight.copy_(layer.lora_b)
             target.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
-    gen = torch.Generator().manual_seed(3)
-    batches = [source.batch(4, 32, gen) for _ in range(5)]
-    losses = {}
-    for key, s in (("native", s_native), ("peft", s_peft)):
-        trainer = trainer_of(cfg, s)
-        losses[key] = [trainer.step([b], StepTimer(torch.device("cpu")))[0] for b in batches]
+    losses = _trajectories(cfg, source, s_native, s_peft)
     assert losses["native"] == pytest.approx(losses["peft"], rel=1e-5, abs=1e-5)
     assert losses["native"][-1] < losses["native"][0]
