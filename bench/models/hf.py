@@ -51,8 +51,9 @@ def build_llama(cfg: ModelConfig) -> CausalLM:
     return CausalLM(tf.LlamaForCausalLM(config))
 
 
-def load_local(path: str) -> CausalLM:
-    """Any local causal-LM checkpoint directory, offline; a one-line ConfigError otherwise."""
+def load_local(path: str, weights: bool = True) -> CausalLM:
+    """Any local causal-LM checkpoint directory, offline; a one-line ConfigError otherwise.
+    `weights` false (a projection): built from its config.json alone, which is all it needs."""
     tf = _transformers()
     p = Path(path)
     if not p.is_dir():
@@ -61,6 +62,8 @@ def load_local(path: str) -> CausalLM:
         raise ConfigError("model.path", f"{path!r} holds no config.json: not a Hugging Face model directory")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        if not weights:
+            return CausalLM(tf.AutoModelForCausalLM.from_config(tf.AutoConfig.from_pretrained(str(p), local_files_only=True)))
         model = tf.AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, torch_dtype=torch.float32)
     except Exception as e:  # wrong architecture, missing weights, corrupt files
         raise ConfigError("model.path", f"{path}: cannot load a causal LM ({type(e).__name__}: "

@@ -86,7 +86,9 @@ def build_model(cfg: BenchConfig) -> nn.Module:
         return Transformer(cfg.model)
     from bench.models import hf
 
-    return hf.build_llama(cfg.model) if cfg.model.kind == "hf_llama" else hf.load_local(cfg.model.path)
+    if cfg.model.kind == "hf_llama":
+        return hf.build_llama(cfg.model)
+    return hf.load_local(cfg.model.path, weights=cfg.project.gpu is None)  # a projection needs config.json only
 
 
 def model_shape(cfg: BenchConfig, model: nn.Module) -> ModelShape:

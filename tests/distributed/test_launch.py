@@ -120,6 +120,8 @@ def test_the_job_is_judged_on_its_slowest_steps_and_reported_once(jobs, dist_dir
     ("fsdp", ["strategy=head_only"]),   # trains the head, tied to the embedding
     ("fsdp", ["strategy=lora_last"]),   # adapts the tied head
     ("ddp", ["strategy=lora_all", "lora.impl=fused"]),
+    ("fsdp", ["strategy=lora_all", "train.checkpointing=blocks"]),  # the recompute inside sharded blocks
+    ("ddp", ["strategy=lora_all", "lora.dora=true"]),               # DoRA's magnitudes are gradients too
 ])
 def test_tied_weights_and_the_fused_layer_run_on_two_ranks(tmp_path, mode, overrides):
     rec = _job(tmp_path, mode, f"dist.mode={mode}", "train.profile=false", *overrides)

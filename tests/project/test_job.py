@@ -36,3 +36,15 @@ def test_the_reserve_and_the_largest_batch_closed_forms():
 def test_what_cannot_be_projected_is_an_invalid_record(tmp_path, extra, word):
     rec = run_job(compose_cfg([*FAST, "strategy=lora_all", *extra]), tmp_path)
     assert rec.status == "invalid" and rec.outcome.key == "project.gpu" and word in rec.outcome.reason
+
+
+def test_a_local_config_without_weights_is_projected_and_refused_for_measuring(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=128, vocab_size=256, max_position_embeddings=128)
+    config.save_pretrained(tmp_path / "cfg")  # config.json, no weights
+    common = [*FAST, "model=hf", f"model.path={tmp_path / 'cfg'}", "strategy=lora_qv", "data=random"]
+    rec = run_job(compose_cfg([*common, "project.gpu=L40S"]), tmp_path / "p")
+    assert rec.status == "ok" and rec.kind == "projected" and rec.model_shape.dim == 64
+    rec = run_job(compose_cfg(common), tmp_path / "m")
+    assert rec.status == "invalid" and rec.outcome.key == "model.path"
