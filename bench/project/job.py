@@ -118,7 +118,8 @@ def projectable(cfg: BenchConfig) -> None:
         raise ConfigError("project.gpu", "the projected step is one micro-batch (train.grad_accum=1)")
     if cfg.search.batch:
         raise ConfigError("project.gpu", "the projection finds the largest batch itself (search.batch=false)")
-    if cfg.lora.backend == "peft" and cfg.quant.base != "none":
-        raise ConfigError("project.gpu", "bitsandbytes' kernels have no fake-tensor implementation; project "
-                                         "QLoRA with the native backend (torchao's NF4)")
+    if cfg.lora.backend == "peft":
+        raise ConfigError("project.gpu", "PEFT's get_peft_model moves its adapters with .to(), which fake "
+                                         "parameters refuse (\"Couldn't swap\"), and bitsandbytes has no fake "
+                                         "kernels; project with lora.backend=native, which adapts the same layers")
 

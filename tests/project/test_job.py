@@ -32,7 +32,8 @@ def test_the_reserve_and_the_largest_batch_closed_forms():
 
 @pytest.mark.parametrize("extra, word", [(["project.gpu=TPUv9"], "TPUv9"), (["project.gpu=H100", "dist.nproc=2"],
                                                                           "several processes"),
-                                         (["project.gpu=H100", "train.grad_accum=2"], "one micro-batch")])
+                                         (["project.gpu=H100", "train.grad_accum=2"], "one micro-batch"),
+                                         (["project.gpu=H100", "lora.backend=peft"], "lora.backend=native")])
 def test_what_cannot_be_projected_is_an_invalid_record(tmp_path, extra, word):
     rec = run_job(compose_cfg([*FAST, "strategy=lora_all", *extra]), tmp_path)
     assert rec.status == "invalid" and rec.outcome.key == "project.gpu" and word in rec.outcome.reason
