@@ -116,7 +116,7 @@ class LoRALinear(nn.Module):
         if not self.merged:
             if self.magnitude is not None:  # the merged weight is the normalised direction times m
                 w = self.base.weight + self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
-                self.base.weight.copy_(w * (self.magnitude / self.weight_norm(w.dtype)).unsqueeze(1))
+                self.base.weight.copy_(w * (self.magnitude / torch.linalg.norm(w, dim=1)).unsqueeze(1))
             else:
                 self.base.weight += self.scale * (self.lora_b @ self.lora_a).to(self.base.weight.dtype)
             self.merged = True

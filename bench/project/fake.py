@@ -11,7 +11,7 @@ zero gradients: no forward or backward is needed for that); the step that follow
 state, runs under three observers:
 - `LiveMemory`: the peak, split as PyTorch's MemTracker splits it (parameters, buffers, gradients,
   optimizer state, activations, temporaries), tracked incrementally: MemTracker rescans every live
-  storage at every operation (33 of 55 s of a Llama-3.2-1B step here); a test holds the two equal;
+  storage at every operation (most of a Llama-3.2-1B projection's time, profiled); a test holds the two equal;
 - FlopCounterMode, with this project's extra rules (bench/measure/counters.py);
 - `OpRecorder`: every aten operation, its FLOPs, the bytes it reads and writes, and whether it
   launches a kernel (a view launches none).
