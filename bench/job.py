@@ -127,6 +127,10 @@ def run_job(cfg: DictConfig | dict, out_dir: Path, overrides: list[str] | None =
     _settle_heap()
     node = to_node(cfg)
     rec = Record(status="error", identity=identity(node, overrides), config=node)
+    # First, a record that stands if this process never writes another (SIGKILL, a node lost,
+    # submitit's controller killing its tasks a second after Ctrl-C): the job has a record whatever ends it.
+    write_record(out_dir / METRICS, Record(status="interrupted", identity=rec.identity, config=node, outcome=Outcome(
+        reason="the job's process ended before the job did (killed, or its machine stopped); nothing it measured was kept")))
     try:
         rec.status = _stages(node, out_dir, rec)
         if rec.status == "oom" and rec.outcome is None:  # a search in which no batch fitted

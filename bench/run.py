@@ -25,14 +25,18 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bench.cli import REPORT_FAILED, SWEPT_ELSEWHERE, preflight, report_sweep
-from bench.job import identity, run_job, summary_line, to_node
+from bench.record.claim import CLAIM, claim, release
 from bench.record.schema import Outcome, Record, RecordError
 from bench.record.store import METRICS, STEPS, read_record, write_record
+
+# bench.job (torch, the models) is imported where a job runs, not here: a mistyped key is refused
+# by cli()'s preflight in about a second, before torch loads.
 
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
 SWEEP_DIRS: list[Path] = []  # where this process's sweep writes, for a report after an interrupt
-FINDINGS = {"ok", "oom", "diverged", "invalid", "duplicate"}  # outcomes that are results, not failures
+# Outcomes that are results, not failures; `claimed`: another sweep was measuring the job (skipped here).
+FINDINGS = {"ok", "oom", "diverged", "invalid", "duplicate", "claimed"}
 
 
 def _is_complete(path: Path, key: str) -> bool:
@@ -84,16 +88,35 @@ def main(cfg: DictConfig) -> None:
     signals.point("job_start")
     if multirun and Path(hc.sweep.dir) not in SWEEP_DIRS:  # first: an interrupt below still reports the sweep
         SWEEP_DIRS.append(Path(hc.sweep.dir))
+    held = claim(out_dir)
+    if held is not None:  # another sweep into the same directory is measuring this job now
+        print(f"[skip] {' '.join(hc.overrides.task)}: {out_dir} is being measured by another process "
+              f"({held.describe()}); nothing here was touched. Run the sweep again when it ends to measure "
+              f"what is still missing (if that process is gone from its host, delete {out_dir / CLAIM})",
+              file=sys.stderr, flush=True)
+        FINISHED.append(("claimed", multirun))
+        return
+    try:
+        _job(cfg, hc, multirun, out_dir)
+    finally:
+        release(out_dir)
+    signals.point("job_end")
+    signals.check()
+
+
+def _job(cfg: DictConfig, hc, multirun: bool, out_dir: Path) -> None:
+    """One job in a directory this process has claimed."""
+    from bench.job import identity, summary_line, to_node
     if signals.requested():  # a signal between jobs stops the sweep here, with this job's record
         node = to_node(cfg)
         write_record(out_dir / METRICS, Record(status="interrupted", identity=identity(node, list(hc.overrides.task)),
                                                config=node, outcome=Outcome(reason="interrupted before it started")))
         FINISHED.append(("interrupted", multirun))
         signals.check()
+    node = to_node(cfg)
+    ident = identity(node)
+    own = out_dir / METRICS
     if multirun and cfg.resume is True:
-        node = to_node(cfg)
-        ident = identity(node)
-        own = out_dir / METRICS
         done = own if _is_complete(own, ident.config_key) else find_complete(Path(hc.sweep.dir), ident.config_key)
         if done is not None:
             if done != own:  # the same measurement under another job: say so in this job's place
@@ -102,6 +125,13 @@ def main(cfg: DictConfig) -> None:
             print(f"[skip] {' '.join(hc.overrides.task)}: already measured in {done.parent}", flush=True)
             FINISHED.append(("ok", True))
             return
+    other = _other_configuration(own, ident.config_key)
+    if other is not None:  # another sweep's job in this place: its measurement is not ours to move
+        print(f"[refused] {' '.join(hc.overrides.task)}: {out_dir} holds a measurement of another configuration "
+              f"({other}); nothing was overwritten. Give this sweep its own hydra.sweep.dir.", file=sys.stderr,
+              flush=True)
+        FINISHED.append(("invalid", multirun))
+        return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name, aside in ((METRICS, f"metrics.replaced-{stamp}.json"), (STEPS, f"steps.replaced-{stamp}.jsonl")):
         if (out_dir / name).exists():  # an earlier attempt's record and steps in this job's place: keep them
@@ -117,19 +147,39 @@ def main(cfg: DictConfig) -> None:
     if multirun:
         _remember(Path(hc.sweep.dir), rec, out_dir / METRICS)
     FINISHED.append((rec.status, multirun))
-    signals.point("job_end")
-    signals.check()
+
+
+def _other_configuration(path: Path, key: str) -> str | None:
+    """What an ok record at `path` measured, where that is not configuration `key` (None otherwise)."""
+    try:
+        rec = read_record(path)
+    except RecordError:
+        return None
+    if rec.status != "ok" or rec.identity.config_key == key:
+        return None
+    i = rec.identity
+    return " ".join(x for x in (i.strategy, f"r={i.rank}" if i.rank else None, f"on {i.model}" if i.model else None,
+                                " ".join(i.overrides or [])) if x)
 
 
 def _measure(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> Record:
     """The job, measured again (up to `remeasure` times) while its machine was busy: each disturbed
     attempt's record and steps are kept beside it as metrics.disturbed-<n>.json, and the record that
-    stands says what was set aside (stability.remeasured)."""
+    stands says what was set aside (stability.remeasured). Not again while the neighbour that
+    disturbed it is still running: that attempt would be disturbed too, at the cost of a whole job."""
+    from bench.job import run_job, summary_line
+    from bench.measure.stability import neighbour_still_busy
+
     reasons = []
     while True:
         rec = run_job(cfg, out_dir, overrides=overrides)
         st = rec.stability
         if rec.status != "ok" or st is None or not st.unstable or len(reasons) >= cfg.remeasure or signals.requested():
+            break
+        busy = neighbour_still_busy()
+        if busy:  # a second attempt now would be disturbed too: keep the first, flagged
+            print(f"[not again] {summary_line(rec).split(':')[0][5:]}: {st.reason}; not measured again: {busy} "
+                  f"(the record stays flagged, out of every verdict)", file=sys.stderr, flush=True)
             break
         reasons.append(st.reason)
         for name, aside in ((METRICS, f"metrics.disturbed-{len(reasons)}.json"),

@@ -90,7 +90,8 @@ def write(root: Path, name: str, rec) -> Path:
     (d / "metrics.json").write_text(text)
     if isinstance(rec, dict) and rec["status"] == "ok" and (rec.get("time") or {}).get("step_ms", {}).get("median"):
         st = rec["time"]["step_ms"]
-        mid, lo, hi = st["median"], st["p10"] or st["median"], st["p90"] or st["median"]
+        mid = st["median"]  # a spread that does not hold the median is widened to it: the log's median is the record's
+        lo, hi = min(st["p10"] or mid, mid), max(st["p90"] or mid, mid)
         times = [lo + (mid - lo) * k / 5 for k in range(5)] + [mid] + [mid + (hi - mid) * k / 5 for k in range(1, 6)]
         rows, elapsed = [], 0.0
         for i, ms in enumerate(times):

@@ -111,3 +111,41 @@ def judge(timed_rows: list[dict], gpu: dict | None = None, paired: bool = False)
         reasons.append(f"{s.gpu_other_processes} other process(es) computed on the same GPU")
     s.unstable, s.reason = bool(reasons), "; ".join(reasons) or None
     return s
+
+
+# Other processes' CPU use above this many cores means a neighbour is still running.
+NEIGHBOUR_CORES = 0.3
+
+
+def others_cpu_cores(window_s: float = 0.5) -> float | None:
+    """How many cores processes other than this one kept busy over the next `window_s` seconds
+    (the whole machine's busy time from /proc/stat, less this process's own); None off Linux."""
+    import time
+
+    import psutil
+
+    def sample():
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # less idle and iowait
+        t = psutil.Process().cpu_times()
+        return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
+
+    a = sample()
+    if a is None:
+        return None
+    time.sleep(window_s)
+    b = sample()
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (b[2] - a[2]))
+
+
+def neighbour_still_busy() -> str | None:
+    """Why measuring a disturbed job again now would be disturbed too (None: the machine is quiet
+    again). Measured, not assumed: a second attempt beside a neighbour that is still computing
+    costs a whole job and is flagged like the first."""
+    cores = others_cpu_cores()
+    if cores is None or cores < NEIGHBOUR_CORES:
+        return None
+    return f"other processes still keep {cores:.1f} cores busy"

@@ -18,6 +18,8 @@ code values per tensor (`nf4_bytes`, held against the stored tensors in tests).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import io
 import logging
@@ -101,7 +103,7 @@ def check_layer(name: str, linear: nn.Linear, q: QuantConfig, backend: str) -> N
     if n % q.block_size:
         raise ConfigError("quant.block_size", f"{q.block_size} does not divide {name}'s {linear.out_features} x "
                                               f"{linear.in_features} = {n} weights")
-    if backend == "native" and (n // q.block_size) % q.scaler_block_size:
+    if backend == "native" and q.scaler_block_size is not None and (n // q.block_size) % q.scaler_block_size:
         raise ConfigError("quant.scaler_block_size", f"{q.scaler_block_size} does not divide {name}'s "
                                                      f"{n // q.block_size} blocks of {q.block_size} weights")
 
@@ -125,14 +127,27 @@ def _base_name(model: nn.Module, name: str) -> str:
     return f"{name}.base" if hasattr(model.get_submodule(name), "base") else name
 
 
+def auto_scaler_block(blocks: list[int], largest: int = 256) -> int:
+    """torchao's second-level block (256), halved until it divides every layer's count of blocks:
+    a small model's layers (tiny's wk: 128 blocks of 64) then quantize without a key to set."""
+    s = largest
+    while s > 1 and any(b % s for b in blocks):
+        s //= 2
+    return s
+
+
 def quantize_native(model: nn.Module, q: QuantConfig, adapted: list[str]) -> Quant:
     """Replace the frozen linears by FrozenNF4Linear, in place, after the strategy has wrapped them."""
     adapted_bases = {_base_name(model, n) for n in adapted}
     names = [_base_name(model, n) if n in adapted else n for n in _frozen_linears(model, q, adapted)]
     before = after = 0
     for name in names:
+        check_layer(name, model.get_submodule(name), q, "native")
+    if q.scaler_block_size is None:
+        sizes = [model.get_submodule(n).in_features * model.get_submodule(n).out_features for n in names]
+        q = dataclasses.replace(q, scaler_block_size=auto_scaler_block([n // q.block_size for n in sizes]))
+    for name in names:
         linear = model.get_submodule(name)
-        check_layer(name, linear, q, "native")
         before += stored_bytes(linear.weight)
         parent_name, _, child = name.rpartition(".")
         new = FrozenNF4Linear(linear, q.block_size, q.scaler_block_size)

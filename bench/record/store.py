@@ -12,6 +12,7 @@ from bench.record.schema import Record, RecordError
 
 METRICS = "metrics.json"
 STEPS = "steps.jsonl"
+PART = ".part"  # a step log being written (StepLog), or left by a killed job
 RANKS = "ranks"  # a multi-process job's ranks' own records, under its job directory (bench/distributed/launch.py)
 PROBES = "probes"  # the memory-budget search's probe jobs, under its own job directory (bench/search.py)
 
@@ -27,15 +28,14 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same directory, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,18 +44,33 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
 class StepLog:
-    """Appends one JSON line per step and flushes it, so a killed job leaves a readable prefix.
-    mode "a": a later phase of the same job (the paired baseline) adds its rows."""
+    """One JSON line per step, flushed, into `steps.jsonl.part` while the job runs (a killed job
+    leaves a readable prefix there); closed, the file is renamed to steps.jsonl, so a reader of
+    steps.jsonl sees a whole log, never one being written. mode "a": a later phase of the same job
+    (the paired baseline) adds its rows to the log already there."""
 
     def __init__(self, path: Path, mode: str = "w"):
-        self._f = open(path, mode, buffering=1)
+        self.path = Path(path)
+        self.part = self.path.with_name(self.path.name + PART)
+        if mode == "a" and self.path.exists():
+            self.part.write_bytes(self.path.read_bytes())
+        self._f = open(self.part, "a" if mode == "a" else "w", buffering=1)
 
     def write(self, row: dict) -> None:
         self._f.write(json.dumps(_clean(row)) + "\n")
 
     def close(self) -> None:
+        if self._f.closed:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
         self._f.close()
+        os.replace(self.part, self.path)
 
     def __enter__(self):
         return self
@@ -82,13 +97,18 @@ def read_record(path: Path) -> Record:
 
 
 def read_steps(path: Path) -> list[dict]:
-    """Read steps.jsonl, keeping every complete line (a killed job may leave a partial last one).
-    A missing file reads as no steps."""
+    """Read steps.jsonl (or, where there is none yet, the log being written: steps.jsonl.part),
+    keeping every complete line (a killed job may leave a partial last one). No file reads as no
+    steps."""
     rows = []
+    path = Path(path)
     try:
-        text = Path(path).read_text()
+        text = path.read_text()
     except OSError:
-        return rows
+        try:  # a job still running, or killed: its log so far
+            text = path.with_name(path.name + PART).read_text()
+        except OSError:
+            return rows
     for line in text.splitlines():
         try:
             rows.append(json.loads(line))

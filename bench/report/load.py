@@ -12,8 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from bench.record.claim import owner
 from bench.record.schema import Identity, Record, RecordError
 from bench.record.store import METRICS, PROBES, RANKS, STEPS, read_record, read_steps
 
@@ -22,7 +24,7 @@ from bench.record.store import METRICS, PROBES, RANKS, STEPS, read_record, read_
 # a compiled full step; bench/report/fixes.py compares across modes.
 # `ranks` is how many processes and how (single, 2 x ddp, 2 x fsdp): LoRA on 2 DDP ranks is compared
 # with full fine-tuning on 2 DDP ranks.
-SETTING = ["model", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "ranks",
+SETTING = ["model", "model_path", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "ranks",
            "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
@@ -41,6 +43,17 @@ def config_value(rec: Record, dotted: str) -> Any:
     for part in dotted.split("."):
         cur = cur.get(part) if isinstance(cur, dict) else None
     return cur
+
+
+def model_path(rec: Record) -> str:
+    """Where a Hugging Face model came from (a local directory or a hub id), or the checkpoint a
+    native model started from; "" for a preset built from its shapes alone (a string either way:
+    it is a grouping key)."""
+    for key in ("model.path", "model.checkpoint"):
+        v = config_value(rec, key)
+        if isinstance(v, str) and v and v != "auto":
+            return v
+    return "pretrained base (model.checkpoint=auto)" if config_value(rec, "model.checkpoint") == "auto" else ""
 
 
 def _text(v: Any) -> str | None:
@@ -156,7 +169,7 @@ def flatten(rec: Record, path: Path) -> dict:
     return {
         "path": str(path.parent), "status": rec.status, "reason": o and o.reason,
         "failed_step": o and o.failed_step, "same_as": o and o.same_as, "config_key": i.config_key,
-        "strategy": i.strategy, "rank": i.rank, "model": i.model, "backend": i.backend,
+        "strategy": i.strategy, "rank": i.rank, "model": i.model, "model_path": model_path(rec), "backend": i.backend,
         "include_head": i.include_head, "repeat": i.repeat, "started": i.started,
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
         "mode": mode(rec), "ranks": ranks(rec), **_variants(rec, uses_lora, i.strategy),
@@ -209,6 +222,19 @@ def damage(rec: Record) -> list[str]:
     return out
 
 
+def steps_mismatch(rec: Record, samples: list[float]) -> str | None:
+    """Why a record's step log is not the one its figures came from (None: it is, or there is none):
+    the median of the logged timed steps must be the record's median step. A log another process
+    wrote into, or a record left from another attempt, fails this."""
+    if rec.status != "ok" or rec.kind == "projected" or rec.time is None or not samples:
+        return None
+    logged, recorded = float(np.median(samples)), rec.time.step_ms.median
+    if recorded is None or math.isclose(logged, recorded, rel_tol=1e-6, abs_tol=1e-9):
+        return None
+    return (f"its steps.jsonl does not match it (median timed step {logged:.4g} ms in the log, {recorded:.4g} ms "
+            f"in the record): left out")
+
+
 # The sections an ok record must hold for the report to use it (bench/report/report.py reads them all).
 REQUIRED = ("env", "plan", "params", "work", "memory", "time", "loss")
 
@@ -239,6 +265,11 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
     for d in map(Path, dirs):
         for job in ([d.parent] if d.is_file() else _job_dirs(d)):
             path = job / METRICS
+            held = owner(job)
+            if held is not None:  # another process is measuring it: nothing there is final yet
+                rows.append({"path": str(job), "status": "running",
+                             "reason": f"being measured by {held.describe()} when this report was built"})
+                continue
             if not path.exists():
                 rows.append({"path": str(job), "status": "missing", "reason": "the job left no metrics.json"})
                 continue
@@ -253,6 +284,10 @@ def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
                 steps = read_steps(job / STEPS)
                 rows[-1]["step_samples"] = [r["step_ms"] for r in steps
                                             if r.get("kind") == "timed" and r.get("step_ms") is not None]
+                mismatch = steps_mismatch(rec, rows[-1]["step_samples"])
+                if mismatch:
+                    rows.pop()
+                    raise RecordError(f"{path}: {mismatch}")
                 rows[-1]["paired_samples"] = [r["step_ms"] / r["base_ms"] for r in steps if r.get("kind") == "paired"
                                               and r.get("step_ms") and r.get("base_ms")]
             except RecordError as e:
@@ -283,11 +318,11 @@ def variant_label(row, keys: list[str]) -> str:
     checkpointing) only where it is on: 'lora_all r=8 quant=nf4 checkpointing=blocks'."""
     parts = [strategy_label(row)]
     for k in keys:
-        if k in VARIANTS and (pd.isna(row.get(k)) or row.get(k) == VARIANTS[k]):
+        if k in VARIANTS:
             continue
         if k != "rank" and pd.notna(row.get(k)):
             parts.append(f"{k}={row[k]}")
-    return " ".join(parts)
+    return " ".join(parts) + variant_suffix(row)  # a variant that is on is named, varying or not
 
 
 def varying_keys(df: pd.DataFrame) -> list[str]:

@@ -5,6 +5,7 @@ stops the report. The command line is bench/report/__main__.py.
 from __future__ import annotations
 
 import base64
+import fcntl
 import html as html_lib
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 from bench.report import fixes, noise, plots, projection, stats, variants
 from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
                                   verdict)
+from bench.record.store import write_text_atomic
 from bench.report.load import load_records, markdown, with_ratios
 
 MIB = 2 ** 20
@@ -29,11 +31,34 @@ def _f(x, spec=".2f", scale=1.0, suffix=""):
     return format(x / scale, spec) + suffix
 
 
-def _setting_title(s: dict) -> str:
+def _setting_title(s: dict, g: pd.DataFrame | None = None) -> str:
     accum = "" if s["grad_accum"] in (1, None) else f" x accum {s['grad_accum']}"
-    return (f"{s['model']} (dim {_f(s['dim'], '.0f')}, {_f(s['n_layers'], '.0f')} layers), data={s['data']}, "
+    path = s.get("model_path")
+    model = f"{s['model']} from {path}" if isinstance(path, str) and path else s["model"]
+    return (f"{model} (dim {_f(s['dim'], '.0f')}, {_f(s['n_layers'], '.0f')} layers), data={s['data']}, "
             f"batch {_f(s['batch_size'], '.0f')} x seq {_f(s['seq_len'], '.0f')}{accum}, {s['precision']}, "
-            f"{s['mode']}{'' if s['ranks'] == 'single' else ', ' + s['ranks'] + ' ranks'}, on {s['machine']}")
+            f"{s['mode']}{'' if s['ranks'] == 'single' else ', ' + s['ranks'] + ' ranks'}"
+            f"{_lora_title(g) if g is not None else ''}, on {s['machine']}")
+
+
+def _lora_title(g: pd.DataFrame) -> str:
+    """What every LoRA job of the setting shares (its backend, the base's storage, DoRA, checkpointing),
+    named whether or not it varies elsewhere: a QLoRA-only sweep says so at its top."""
+    lora = g[g.uses_lora == True]  # noqa: E712
+    one = lambda col, rows: (lambda v: v[0] if len(v) == 1 else None)(rows[col].dropna().astype(str).unique())  # noqa: E731
+    parts = []
+    backend, impl = one("backend", lora), one("impl", lora)
+    if backend is not None:
+        parts.append(f"LoRA by {backend}" + (f" ({impl} layer)" if backend == "native" and impl else ""))
+    quant = one("quant", lora)
+    if quant is not None:
+        parts.append("dense base" if quant == "none" else f"{quant} 4-bit base (QLoRA)")
+    if one("dora", lora) == "True":
+        parts.append("DoRA")
+    ckpt = one("checkpointing", g)
+    if ckpt is not None and ckpt != "none":
+        parts.append(f"activation checkpointing: {ckpt}")
+    return "".join(f", {p}" for p in parts)
 
 
 def _timing_table(agg: pd.DataFrame) -> pd.DataFrame:
@@ -161,7 +186,7 @@ MAX_SETTINGS_PLOTTED = 8
 
 def _setting_blocks(n: int, setting: dict, g: pd.DataFrame, out: Path, plot: bool = True) -> list[Block]:
     agg = aggregate(g)
-    title = _setting_title(setting)
+    title = _setting_title(setting, g)
     blocks = [("h2", f"Setting {n + 1}: {title}"), ("p", "Verdict. " + verdict(agg))]
     if agg.empty:
         return blocks
@@ -240,9 +265,16 @@ def _failure_blocks(df: pd.DataFrame) -> list[Block]:
 
 
 def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool = False) -> Path:
-    """Read every record under `dirs`, write the report into `out`; returns report.md's path."""
+    """Read every record under `dirs`, write the report into `out`; returns report.md's path.
+    Two processes building one report (two sweeps into one directory, each ending) take turns."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        return _build(dirs, out, html, all_plots)
+
+
+def _build(dirs: list[Path], out: Path, html: bool, all_plots: bool) -> Path:
     df = load_records(dirs)
     projected = df[df.kind == "projected"] if not df.empty else df
     df = df[df.kind != "projected"] if not df.empty else df  # measured: every block below but the projection's
@@ -250,6 +282,11 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
                            ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
                                  f"under {', '.join(str(d) for d in dirs)}; built "
                                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")]
+    running = int((df.status == "running").sum()) if not df.empty else 0
+    if running:
+        blocks.append(("p", f"{running} jobs were being measured by another process when this report was built: "
+                            f"they are listed at the end and in no table; the report is rebuilt when that sweep ends "
+                            f"(or: python -m bench.report {' '.join(str(d) for d in dirs)})."))
     warnings = unstable_jobs(df) if not df.empty else []
     if warnings:
         blocks += [("h2", "Warning: jobs measured on a busy machine"), ("ul", warnings)]
@@ -272,9 +309,9 @@ def build_report(dirs: list[Path], out: Path, html: bool = True, all_plots: bool
     blocks += projection.blocks(projected, out, plots.projection)
     blocks += _failure_blocks(df)
     md = _render_md(blocks)
-    (out / "report.md").write_text(md)
+    write_text_atomic(out / "report.md", md)
     if html:  # plots embedded: one file to send, but heavy; the committed references skip it
-        (out / "report.html").write_text(_render_html(blocks, out))
+        write_text_atomic(out / "report.html", _render_html(blocks, out))
     return out / "report.md"
 
 

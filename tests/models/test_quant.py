@@ -67,13 +67,24 @@ def test_scope_frozen_quantizes_every_untied_frozen_linear():
     (["strategy=lora_all", "quant.base=nf4", "lora.impl=fused"], "lora.impl"),
     (["strategy=lora_all", "quant.base=nf4", "train.compile=true"], "quant.base"),
     (["strategy=lora_all", "quant.base=int3"], "quant.base"),
-    (["strategy=lora_all", "quant.base=nf4"], "quant.scaler_block_size"),  # tiny's wk: 128 blocks, not 256
+    (["strategy=lora_all", "quant.base=nf4", "quant.scaler_block_size=256"], "quant.scaler_block_size"),  # wk: 128
     (["strategy=lora_all", "quant.base=nf4", "quant.block_size=96"], "quant.block_size"),
 ])
 def test_what_nf4_cannot_do_is_refused_in_one_line(overrides, key):
     with pytest.raises(ConfigError) as e:
         built(*overrides)
     assert e.value.key == key and "\n" not in str(e.value)
+
+
+def test_the_default_second_level_block_is_torchaos_256_halved_until_it_divides_every_layer():
+    from bench.models.quant import auto_scaler_block
+
+    assert auto_scaler_block([1024, 512]) == 256 and auto_scaler_block([256, 128]) == 128
+    assert auto_scaler_block([96]) == 32 and auto_scaler_block([7]) == 1
+    # QLoRA on the default model runs with no key set: tiny's wq has 256 blocks of 64, its wk 128.
+    _, s = built("strategy=lora_all", "quant.base=nf4")
+    assert s.quant.scaler_block_size == 128
+    assert all(m.weight.scaler_block_size == 128 for m in s.model.modules() if type(m).__name__ == "FrozenNF4Linear")
 
 
 def test_the_peft_backend_runs_bitsandbytes_4bit_under_peft():

@@ -35,8 +35,19 @@ def test_step_log_keeps_a_readable_prefix(tmp_path):
     log = StepLog(p)
     log.write({"step": 0, "loss": 1.0})
     log.write({"step": 1, "loss": 0.5})
-    # Not closed: lines must already be on disk, as after a kill.
-    with open(p, "a") as f:
+    # Not closed: lines must already be on disk (in the .part log), as after a kill.
+    assert not p.exists()
+    with open(log.part, "a") as f:
         f.write('{"step": 2, "lo')
     assert [r["step"] for r in read_steps(p)] == [0, 1]
-    log.close()
+
+
+def test_a_closed_step_log_is_renamed_whole_and_a_later_phase_appends_to_it(tmp_path):
+    p = tmp_path / "steps.jsonl"
+    with StepLog(p) as log:
+        log.write({"step": 0})
+    assert p.exists() and not log.part.exists()
+    with StepLog(p, mode="a") as log:
+        log.write({"step": 1})
+        assert [r["step"] for r in read_steps(p)] == [0]  # the reader sees the whole first log meanwhile
+    assert [r["step"] for r in read_steps(p)] == [0, 1] and not log.part.exists()
