@@ -50,7 +50,7 @@ def aggregate(df: pd.DataFrame, host_noise: bool = True) -> pd.DataFrame:
     if not full.empty:
         f = full.iloc[0]
         out["vs_full"] = out.step_ms / f.step_ms
-        out["predicted_vs_full"] = out.predicted_ms / f.predicted_ms
+        out["predicted_vs_full"] = [predicted_ratio(r, f) for _, r in out.iterrows()]
         out["flops_vs_full"] = out.flops_per_step / f.flops_per_step
         out["ops_vs_full"] = out.ops_per_step / f.ops_per_step
         est = estimates(out, setting_noise(ok) if host_noise else None)
@@ -134,6 +134,32 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
     }
 
 
+CALIBRATION_SPREAD = 1.25  # constants further apart than this (max/min) are named at the report's top
+
+
+def calibration_note(df: pd.DataFrame) -> str | None:
+    """A sentence for the report's top when its records come from several machines, or from one
+    machine whose calibrations of the cost model differ (records of several sweeps): None otherwise."""
+    ok = df[(df.status == "ok") & (df.kind != "projected")] if not df.empty else df
+    ok = ok[ok.matmul_flops_per_s.notna() & ok.op_overhead_s.notna()] if not ok.empty else ok
+    if ok.empty:
+        return None
+    out = []
+    machines = ok.machine.dropna().unique()
+    if len(machines) > 1:
+        out.append(f"These records come from {len(machines)} machines ({'; '.join(map(str, machines))}): each "
+                   f"machine's records are settings of their own, never compared with another's.")
+    for m, g in ok.groupby("machine", dropna=False):
+        th, c = g.matmul_flops_per_s, g.op_overhead_s
+        if th.max() / th.min() > CALIBRATION_SPREAD or c.max() / c.min() > CALIBRATION_SPREAD:
+            out.append(f"On {m}, the cost model's constants differ between these {len(g)} records (matmul "
+                       f"{th.min() / 1e9:.1f}-{th.max() / 1e9:.1f} GFLOP/s, {c.min() * 1e6:.2f}-{c.max() * 1e6:.2f} us "
+                       f"per operation: the host's speed moved between runs): each configuration is priced with its "
+                       f"own records' constants, full fine-tuning's figures included, so its terms add up to its "
+                       f"predicted ratio.")
+    return " ".join(out) or None
+
+
 def unstable_jobs(df: pd.DataFrame) -> list[str]:
     """One line per job measured on a busy machine: its reason and the command that measures it again."""
     out = []
@@ -155,9 +181,31 @@ def _signed_ms(x: float) -> str:
     return f"{x:+.2f} ms"
 
 
+def constants(row: pd.Series, full: pd.Series) -> tuple[float, float]:
+    """The cost model's constants for one comparison: the configuration's own records' calibration
+    (its jobs stepped full fine-tuning too, on the host as it was then), full fine-tuning's where it
+    has none. One pair prices both sides: records measured minutes apart on a host whose speed moved
+    (66-125 GFLOP/s on one machine in an hour) are not mixed within a comparison."""
+    theta, c = row.get("matmul_flops_per_s"), row.get("op_overhead_s")
+    if theta is None or theta != theta or c is None or c != c:
+        theta, c = full.matmul_flops_per_s, full.op_overhead_s
+    return theta, c
+
+
+def predicted_ratio(row: pd.Series, full: pd.Series) -> float:
+    """The cost model's step ratio to full fine-tuning: (full's priced step + the priced terms) /
+    full's priced step, every figure at constants(): the sentence's terms add up to it."""
+    if row.baseline:
+        return 1.0
+    theta, c = constants(row, full)
+    base = 1e3 * (full.flops_per_step / theta + full.ops_per_step * c)
+    tm = terms(row, full)
+    return (base + tm["flops"] + tm["ops"]) / base
+
+
 def terms(row: pd.Series, full: pd.Series) -> dict[str, float]:
     """Each term's contribution to (t_config - t_full), in ms; positive costs time."""
-    theta, c = full.matmul_flops_per_s, full.op_overhead_s
+    theta, c = constants(row, full)
     out = {
         "flops": 1e3 * (row.flops_per_step - full.flops_per_step) / theta if theta == theta else np.nan,
         "ops": 1e3 * (row.ops_per_step - full.ops_per_step) * c if c == c else np.nan,
@@ -279,8 +327,9 @@ def explain(row: pd.Series, full: pd.Series) -> str:
                  f"{'fewer' if op < 0 else 'more'} operations per step")
     tm = terms(row, full)
     if tm["flops"] == tm["flops"]:
-        parts.append(f"priced: FLOPs {_signed_ms(tm['flops'])} at {full.matmul_flops_per_s / 1e9:.0f} GFLOP/s, "
-                     f"operations {_signed_ms(tm['ops'])} at {full.op_overhead_s * 1e6:.1f} us each")
+        theta, c = constants(row, full)
+        parts.append(f"priced: FLOPs {_signed_ms(tm['flops'])} at {theta / 1e9:.0f} GFLOP/s, "
+                     f"operations {_signed_ms(tm['ops'])} at {c * 1e6:.1f} us each")
     parts.append(f"measured optimizer {row.optimizer_ms:.2f} vs {full.optimizer_ms:.2f} ms")
     if "backward stops early" in tm:
         parts.append(f"backward {row.backward_ms:.2f} vs {full.backward_ms:.2f} ms")

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from bench.report import fixes, noise, plots, projection, stats, variants
-from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
-                                  verdict)
+from bench.report.explain import (CATEGORY_NAMES, aggregate, calibration_note, explain, measured_deltas, settings,
+                                  unstable_jobs, verdict)
 from bench.record.store import write_text_atomic
 from bench.report.load import load_records, markdown, with_ratios
 
@@ -131,7 +131,8 @@ def _tables(agg: pd.DataFrame, machine: str | None) -> list[Block]:
               ("h3", "Loss"), ("table", loss)]
     if ref is not None:
         cal = (f"Cost model constants, measured on this machine: matmul {ref.matmul_flops_per_s / 1e9:.1f} GFLOP/s, "
-               f"{ref.op_overhead_s * 1e6:.2f} us per operation." if ref.matmul_flops_per_s == ref.matmul_flops_per_s
+               f"{ref.op_overhead_s * 1e6:.2f} us per operation (full fine-tuning's records; each configuration is "
+               f"priced with its own records' constants)." if ref.matmul_flops_per_s == ref.matmul_flops_per_s
                else "No calibration in these records: the cost model is not available.")
         blocks.insert(0, ("p", cal))
     return blocks
@@ -287,6 +288,9 @@ def _build(dirs: list[Path], out: Path, html: bool, all_plots: bool) -> Path:
         blocks.append(("p", f"{running} jobs were being measured by another process when this report was built: "
                             f"they are listed at the end and in no table; the report is rebuilt when that sweep ends "
                             f"(or: python -m bench.report {' '.join(str(d) for d in dirs)})."))
+    note = calibration_note(df) if not df.empty else None
+    if note:
+        blocks.append(("p", note))
     warnings = unstable_jobs(df) if not df.empty else []
     if warnings:
         blocks += [("h2", "Warning: jobs measured on a busy machine"), ("ul", warnings)]
