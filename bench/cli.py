@@ -122,6 +122,9 @@ def report_sweep(sweep_dir: Path) -> bool:
     signals.point("report")
     try:
         print(f"report: {build_report([sweep_dir], sweep_dir / 'report')}", flush=True)
+        if signals.requested():  # the flag waited for the report: say why the sweep exits 130 now
+            print("interrupted while the report was written: it was finished first, with every record measured; "
+                  "the sweep stopped", file=sys.stderr, flush=True)
         return True
     except Exception as e:  # the records are safe on disk; `python -m bench.report` can retry
         print(f"error: the report of {sweep_dir} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "

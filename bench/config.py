@@ -131,8 +131,7 @@ class QuantConfig:
     base: str               # none | nf4
     scope: str              # adapted: the base weights of the adapted layers | frozen: every frozen linear
     block_size: int         # weights per absmax scale (torchao and bitsandbytes: 64)
-    scaler_block_size: Optional[int]  # scales per second-level scale (torchao's: 256); None: the largest
-                                      # power of two up to 256 that divides every quantized layer's blocks
+    scaler_block_size: Optional[int]  # scales per second-level scale; None: 256 halved until it divides
 
 
 @dataclass(frozen=True)
@@ -306,8 +305,7 @@ def _check_variants(c: BenchConfig) -> None:
     _one_of("quant.base", q.base, QUANT_BASES)
     _one_of("quant.scope", q.scope, QUANT_SCOPES)
     _positive("quant.block_size", q.block_size)
-    if q.scaler_block_size is not None:
-        _positive("quant.scaler_block_size", q.scaler_block_size)
+    _positive("quant.scaler_block_size", 1 if q.scaler_block_size is None else q.scaler_block_size)
     if q.base != "none":
         if c.strategy.name in ("full", "head_only"):
             raise ConfigError("quant.base", f"strategy={c.strategy.name} trains base weights, and a {q.base} weight "

@@ -180,9 +180,11 @@ def summary_line(rec: Record) -> str:
     peak = m.device_peak_allocated_bytes
     mem = f"peak {peak / 2**20:.0f} MiB allocated" if peak is not None else \
         f"peak RSS {m.host_peak_rss_bytes / 2**20:.0f} MiB"
+    busy = rec.stability is not None and rec.stability.unstable
     return (f"{head}: step {t.step_ms.median:.2f} ms (median), {mem}, "
             f"trainable {p.trainable:,} ({100 * p.trainable / p.total:.2f}%), "
-            f"loss {loss.first:.3f} -> {loss.last:.3f} (eval {loss.eval_end:.3f})")
+            f"loss {loss.first:.3f} -> {loss.last:.3f} (eval {loss.eval_end:.3f})"
+            + ("; measured on a busy machine: the report leaves it out of every verdict" if busy else ""))
 
 
 def main(argv: list[str]) -> int:

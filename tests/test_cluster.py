@@ -59,7 +59,7 @@ def test_ctrl_c_on_a_submitit_local_sweep_leaves_a_record_per_job_and_no_process
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(tmp_path.glob("*/steps.jsonl"))) < 2:
+    while time.time() < deadline and len(list(tmp_path.glob("*/steps.jsonl*"))) < 2:  # the live logs (.part)
         time.sleep(0.3)
     time.sleep(2)
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]

@@ -85,7 +85,7 @@ def _sigterm_after(args, steps, n_steps):
             "train.steps=100000"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and (not steps.exists() or len(read_steps(steps)) < n_steps):
+    while time.time() < deadline and len(read_steps(steps)) < n_steps:  # the live log (.part) counts
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -19,10 +19,14 @@ spec.loader.exec_module(gpu_check)
 
 
 def test_rehearsal_ends_inside_its_budget_with_tarball_summary_and_filing(tmp_path):
-    work, budget = tmp_path / "work", 60
+    # The parts the assertions read, with a budget they finish in even on a busy runner (about 35 s
+    # quiet); what does not fit is skipped: the last part's estimate is set past what is left.
+    work, budget = tmp_path / "work", 240
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", str(work), "--rehearse", "--budget-s", str(budget),
+                        "--only", "cuda_tests,minimind_88,launch_bound,backends",
                         "--tarball", str(tmp_path / "out" / "gpu_check.tar.gz")],
+                       env={**__import__("os").environ, "LORA_BENCH_GPU_CHECK_ESTIMATE": "backends=10000"},
                        cwd=ROOT, capture_output=True, text=True, timeout=budget + 60)
     elapsed = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -47,12 +51,12 @@ def test_rehearsal_ends_inside_its_budget_with_tarball_summary_and_filing(tmp_pa
 
 
 def test_a_part_that_overruns_is_stopped_at_the_deadline_and_keeps_what_it_finished(tmp_path):
-    # Sixteen configurations of a second or two each, estimated at a second: the deadline falls
-    # inside the sweep (full at ranks 4-32 is one configuration, recorded as duplicates).
+    # A short job, then one that would run for hours, estimated at a second: the deadline falls
+    # inside the second job, however fast or busy the machine is.
     sweep = tmp_path / "sweep"
     part = gpu_check.Part("long", "an overrunning sweep", 1,
-                          [sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_all,lora_qk,lora_last",
-                           "lora.rank=2,4,8,16,32", "repeat=0", *gpu_check.TINY, "train.steps=200", f"hydra.sweep.dir={sweep}"],
+                          [sys.executable, "-m", "bench.run", "-m", "strategy=full", "repeat=0", *gpu_check.TINY,
+                           "train.steps=3,1000000", "train.profile=false", f"hydra.sweep.dir={sweep}"],
                           study="sweep")
     t0 = time.monotonic()
     outcome = gpu_check.run_part(part, deadline=t0 + 25, log=tmp_path / "log", grace=6)

@@ -45,4 +45,6 @@ def test_full_fine_tuning_runs_once_in_a_peft_sweep_and_says_the_lora_keys_did_n
     assert records["full"]["identity"]["backend"] is None
     assert any("do not apply to strategy=full" in n for n in records["full"]["plan"]["notes"])
     assert records["lora_all"]["identity"]["backend"] == "peft"
-    assert "Fastest:" in (sweep / "report" / "report.md").read_text()
+    md = (sweep / "report" / "report.md").read_text()
+    # A verdict, unless a busy CI runner disturbed the jobs: then the report says why it has none.
+    assert "Fastest:" in md or "## Warning: jobs measured on a busy machine" in md

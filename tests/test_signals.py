@@ -46,7 +46,7 @@ def test_a_sigint_in_any_phase_of_a_sweep_is_never_lost(tmp_path, phase):
     from tests.conftest import FAST, ROOT
 
     sweep = tmp_path / "sweep"
-    res = subprocess.run([sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_qk", *FAST,
+    res = subprocess.run([sys.executable, "-m", "bench.run", "-m", "strategy=full,lora_qk", *FAST, "train.profile=false",
                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "LORA_BENCH_SIGNAL_AT": phase})
     # After the last check the default handler is back: the signal ends the process as a signal.

@@ -83,6 +83,10 @@ def module_categories(model: nn.Module) -> dict[nn.Module, str]:
 
 
 def _peft_layer_type():
+    # A model holds PEFT's layers only if PEFT was imported to build it: importing it here for a
+    # native model cost every profiled job's process a second (PEFT imports transformers).
+    if "peft" not in sys.modules:
+        return None
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.report import noise, stats
-from bench.report.load import ATTRIBUTION, SETTING, strategy_label, variant_label, varying_keys
+from bench.report.costmodel import constants, predicted_ratio, terms
+from bench.report.load import ATTRIBUTION, SETTING, strategy_label, variant_label, variant_suffix, varying_keys
 
 DISAGREE = 0.20
 
@@ -134,42 +135,25 @@ def _config_row(label: str, g: pd.DataFrame) -> dict:
     }
 
 
-CALIBRATION_SPREAD = 1.25  # constants further apart than this (max/min) are named at the report's top
-
-
-def calibration_note(df: pd.DataFrame) -> str | None:
-    """A sentence for the report's top when its records come from several machines, or from one
-    machine whose calibrations of the cost model differ (records of several sweeps): None otherwise."""
-    ok = df[(df.status == "ok") & (df.kind != "projected")] if not df.empty else df
-    ok = ok[ok.matmul_flops_per_s.notna() & ok.op_overhead_s.notna()] if not ok.empty else ok
-    if ok.empty:
-        return None
-    out = []
-    machines = ok.machine.dropna().unique()
-    if len(machines) > 1:
-        out.append(f"These records come from {len(machines)} machines ({'; '.join(map(str, machines))}): each "
-                   f"machine's records are settings of their own, never compared with another's.")
-    for m, g in ok.groupby("machine", dropna=False):
-        th, c = g.matmul_flops_per_s, g.op_overhead_s
-        if th.max() / th.min() > CALIBRATION_SPREAD or c.max() / c.min() > CALIBRATION_SPREAD:
-            out.append(f"On {m}, the cost model's constants differ between these {len(g)} records (matmul "
-                       f"{th.min() / 1e9:.1f}-{th.max() / 1e9:.1f} GFLOP/s, {c.min() * 1e6:.2f}-{c.max() * 1e6:.2f} us "
-                       f"per operation: the host's speed moved between runs): each configuration is priced with its "
-                       f"own records' constants, full fine-tuning's figures included, so its terms add up to its "
-                       f"predicted ratio.")
-    return " ".join(out) or None
-
-
 def unstable_jobs(df: pd.DataFrame) -> list[str]:
-    """One line per job measured on a busy machine: its reason and the command that measures it again."""
+    """One line per job measured on a busy machine: its reason, whether its configuration still has
+    a verdict (from its other, quiet repeats), and the command that measures it again in its own
+    place, so that the sweep's report is rebuilt with it."""
     out = []
-    for _, r in df[(df.status == "ok") & (df.unstable == True)].iterrows():  # noqa: E712
-        command = (f"python -m bench.run {r.overrides}" if isinstance(r.overrides, str) and r.overrides
-                   else f"python -m bench.run strategy={r.strategy}" + (f" lora.rank={int(r['rank'])}"
-                                                                       if pd.notna(r["rank"]) else ""))
-        out.append(f"{r.path}: {strategy_label(r)}"
-                   + f" was left out of every verdict: {r.unstable_reason}. Measure it again on a quiet "
-                     f"machine: {command}")
+    ok = df[(df.status == "ok") & (df.kind != "projected")]
+    keys = varying_keys(ok)
+    label = {i: variant_label(r, keys) for i, r in ok.iterrows()}
+    for i, r in ok[ok.unstable == True].iterrows():  # noqa: E712
+        quiet = sum(1 for j, o in ok.iterrows() if label[j] == label[i] and o.unstable != True)  # noqa: E712
+        rest = (f"its other {quiet} repeat{'s' if quiet > 1 else ''} carry the configuration's verdict" if quiet
+                else "no repeat of it was measured on a quiet machine, so the configuration is in no verdict")
+        args = (r.overrides if isinstance(r.overrides, str) and r.overrides
+                else f"strategy={r.strategy}" + (f" lora.rank={int(r['rank'])}" if pd.notna(r["rank"]) else ""))
+        job = Path(r.path)
+        repeat = f"repeat {int(r['repeat'])}: " if pd.notna(r.get("repeat")) else ""
+        out.append(f"{r.path}: {strategy_label(r)}{variant_suffix(r)} was left out ({repeat}{r.unstable_reason}); "
+                   f"{rest}. Measure it again in its place, which rebuilds this sweep's report: python -m bench.run "
+                   f"-m {args} resume=false hydra.sweep.dir={job.parent} hydra.sweep.subdir={job.name}")
     return out
 
 
@@ -179,41 +163,6 @@ def _pct(x: float) -> str:
 
 def _signed_ms(x: float) -> str:
     return f"{x:+.2f} ms"
-
-
-def constants(row: pd.Series, full: pd.Series) -> tuple[float, float]:
-    """The cost model's constants for one comparison: the configuration's own records' calibration
-    (its jobs stepped full fine-tuning too, on the host as it was then), full fine-tuning's where it
-    has none. One pair prices both sides: records measured minutes apart on a host whose speed moved
-    (66-125 GFLOP/s on one machine in an hour) are not mixed within a comparison."""
-    theta, c = row.get("matmul_flops_per_s"), row.get("op_overhead_s")
-    if theta is None or theta != theta or c is None or c != c:
-        theta, c = full.matmul_flops_per_s, full.op_overhead_s
-    return theta, c
-
-
-def predicted_ratio(row: pd.Series, full: pd.Series) -> float:
-    """The cost model's step ratio to full fine-tuning: (full's priced step + the priced terms) /
-    full's priced step, every figure at constants(): the sentence's terms add up to it."""
-    if row.baseline:
-        return 1.0
-    theta, c = constants(row, full)
-    base = 1e3 * (full.flops_per_step / theta + full.ops_per_step * c)
-    tm = terms(row, full)
-    return (base + tm["flops"] + tm["ops"]) / base
-
-
-def terms(row: pd.Series, full: pd.Series) -> dict[str, float]:
-    """Each term's contribution to (t_config - t_full), in ms; positive costs time."""
-    theta, c = constants(row, full)
-    out = {
-        "flops": 1e3 * (row.flops_per_step - full.flops_per_step) / theta if theta == theta else np.nan,
-        "ops": 1e3 * (row.ops_per_step - full.ops_per_step) * c if c == c else np.nan,
-        "optimizer": row.optimizer_ms - full.optimizer_ms,
-    }
-    if row.backward_stops_early:  # the record's plan says so: nothing in the first block trains
-        out["backward stops early"] = row.backward_ms - full.backward_ms
-    return out
 
 
 _NAMES = {  # (term, sign) -> how the sentence names it

@@ -262,8 +262,12 @@ def _mark_copies(rows: list[dict]) -> None:
 
 def load_records(dirs: list[Path], warn=None) -> pd.DataFrame:
     rows = []
+    seen: set[Path] = set()  # a folder given twice (or inside another given) is read once
     for d in map(Path, dirs):
         for job in ([d.parent] if d.is_file() else _job_dirs(d)):
+            if job.resolve() in seen:
+                continue
+            seen.add(job.resolve())
             path = job / METRICS
             held = owner(job)
             if held is not None:  # another process is measuring it: nothing there is final yet

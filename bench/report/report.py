@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from bench.report import fixes, noise, plots, projection, stats, variants
-from bench.report.explain import (CATEGORY_NAMES, aggregate, calibration_note, explain, measured_deltas, settings,
-                                  unstable_jobs, verdict)
+from bench.report.costmodel import calibration_note
+from bench.report.explain import (CATEGORY_NAMES, aggregate, explain, measured_deltas, settings, unstable_jobs,
+                                  verdict)
 from bench.record.store import write_text_atomic
 from bench.report.load import load_records, markdown, with_ratios
 
@@ -339,7 +340,7 @@ def _render_md(blocks: list[Block]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px}
 th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}img{max-width:100%}
-li{margin:0.4em 0}"""
+li{margin:0.4em 0}.scroll{overflow-x:auto;max-width:100%}"""  # a wide table scrolls, not cut off
 
 
 def _render_html(blocks: list[Block], out: Path) -> str:
@@ -353,7 +354,7 @@ def _render_html(blocks: list[Block], out: Path) -> str:
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b[1]) + "</ul>")
         elif kind == "table":
-            parts.append(b[1].to_html(index=False, escape=True, border=0))
+            parts.append("<div class='scroll'>" + b[1].to_html(index=False, escape=True, border=0) + "</div>")
         elif kind == "img":
             data = base64.b64encode((out / f"{b[1]}.png").read_bytes()).decode()
             parts.append(f"<p><img alt='{esc(b[2])}' src='data:image/png;base64,{data}'></p>")

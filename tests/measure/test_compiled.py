@@ -28,9 +28,10 @@ def test_compiled_job_records_its_compilation_and_trains_like_eager(tmp_path, st
     assert c.mode == "torch.compile" and c.graphs >= 1 and c.graph_breaks == 0
     assert c.recompiles_on_clock == 0  # the warm-up covered every compilation
     assert c.cache_hits == 0 and c.compiler_s > 0  # a cold compile, as asked
-    # Compiling takes seconds; a steady step takes milliseconds. Off the clock, in its own field.
-    assert compiled.time.compile_s > 10 * compiled.time.step_ms.median / 1e3
-    assert compiled.time.train_s < compiled.time.compile_s
+    # The compiling step's extra time is the compiler's (both clocks run on this host, busy or not),
+    # in its own field, off the timed steps' clock.
+    assert compiled.time.compile_s > 0.5 * c.compiler_s
+    assert compiled.time.timed_s + compiled.time.compile_s <= compiled.time.wall_s
     assert eager.compile is None and eager.time.compile_s is None and eager.work.ops_kind == "aten"
     # Under compile the operation count is the profiled step's top-level calls, graphs included.
     assert compiled.work.ops_kind == "profiled"

@@ -1,4 +1,5 @@
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -28,14 +29,21 @@ def test_phases_off_gives_whole_steps_only():
     assert set(t.stop()) == {"step_ms"}
 
 
+_CLOCK = [0.0]  # a GPU's clock, in seconds, that only advance() moves: no test here depends on the host's speed
+
+
+def advance(seconds: float) -> None:
+    _CLOCK[0] += seconds
+
+
 class FakeEvent:
-    """Stands in for torch.cuda.Event: records a host clock reading instead of a GPU timestamp."""
+    """Stands in for torch.cuda.Event: records the fake clock's reading instead of a GPU timestamp."""
 
     def __init__(self, enable_timing=False):
         self.t = None
 
     def record(self):
-        self.t = time.perf_counter()
+        self.t = _CLOCK[0]
 
     def elapsed_time(self, end):
         return (end.t - self.t) * 1e3
@@ -44,11 +52,12 @@ class FakeEvent:
 def test_cuda_path_uses_events_and_reuses_them(monkeypatch):
     syncs = []
     monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timer_mod, "time", SimpleNamespace(perf_counter=lambda: _CLOCK[0]))
     monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: syncs.append(1))
     t = StepTimer(torch.device("cuda"))
     for _ in range(2):
         t.start()
-        time.sleep(0.002)
+        advance(0.002)
         t.mark("forward")
         t.mark("backward")
         t.mark("optimizer")
@@ -63,12 +72,13 @@ def test_window_timer_syncs_once_per_window_and_keeps_the_order(monkeypatch):
 
     syncs = []
     monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timer_mod, "time", SimpleNamespace(perf_counter=lambda: _CLOCK[0]))
     monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: syncs.append(1))
     t = WindowTimer(torch.device("cuda"), phases=True, window=2)
     drained = []
     for ms in (2, 4, 6):
         t.start()
-        time.sleep(ms / 1e3)
+        advance(ms / 1e3)
         t.mark("forward")
         t.mark("optimizer")
         assert t.stop() == {}  # nothing read yet: no sync inside or after the step
@@ -86,6 +96,7 @@ def test_the_protocol_reads_a_window_of_steps_in_order(monkeypatch):
     from bench.measure import protocol
 
     monkeypatch.setattr(timer_mod.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timer_mod, "time", SimpleNamespace(perf_counter=lambda: _CLOCK[0]))
     monkeypatch.setattr(timer_mod.torch.cuda, "synchronize", lambda *a: None)
 
     class FakeTrainer:  # what _OnClock asks of the stepper: a step that defers its loss

@@ -65,9 +65,13 @@ def test_records_given_twice_count_once_and_the_copies_are_named(tmp_path):
                              record(strategy="lora_qk", rank=8, started="2026-12-01T10:00:05")]):
         rec["identity"]["started"] = rec.pop("started")
         write(tmp_path / "sweep", str(i), rec)
+    write(tmp_path / "sweep", "2", record(status="duplicate", same_as=str(tmp_path / "sweep" / "0")))
     shutil.copytree(tmp_path / "sweep", tmp_path / "again")
+    # The same folder twice is read once; a copy in another folder is named.
     df = load_records([tmp_path / "sweep", tmp_path / "sweep", tmp_path / "again"])
-    assert (df.status == "ok").sum() == 2 and (df.status == "copy").sum() == 4
+    assert (df.status == "ok").sum() == 2 and (df.status == "copy").sum() == 2
+    md = build_report([tmp_path / "sweep", tmp_path / "sweep"], tmp_path / "twice", html=False).read_text()
+    assert "same record as" not in md and "1 jobs measured a configuration already measured" in md
     assert set(df[df.status == "copy"].reason) == {f"the same record as {tmp_path / 'sweep' / n} (counted once)"
                                                    for n in "01"}
     md = build_report([tmp_path / "sweep", tmp_path / "again"], tmp_path / "out", html=False).read_text()
