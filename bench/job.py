@@ -79,6 +79,8 @@ def config_key(node: dict) -> str:
     """A stable hash of what a job measures: the resolved configuration (no output paths in it),
     less the keys its strategy ignores, so `full` swept over lora.rank is one configuration."""
     ignored = set(_NOT_MEASURED) | {k for k, plain in _PLAIN.items() if plain(node)}
+    if _get(node, "project", "gpu") is not None:  # a projection is deterministic: its repeats are one job
+        ignored.add(("repeat",))
     name = _get(node, "strategy", "name")
     strategy = STRATEGIES.get(name) if isinstance(name, str) else None
     if strategy is not None:

@@ -35,6 +35,7 @@ from bench.record.store import METRICS, STEPS, read_record, write_record
 # (status, multirun?) of each job this process ran; Hydra's multirun returns nothing to the caller.
 FINISHED: list[tuple[str, bool]] = []
 SWEEP_DIRS: list[Path] = []  # where this process's sweep writes, for a report after an interrupt
+_REFUSED: set[str] = set()  # reasons of refused jobs already printed: each repeat of a bad cell says it once
 # Outcomes that are results, not failures; `claimed`: another sweep was measuring the job (skipped here).
 FINDINGS = {"ok", "oom", "diverged", "invalid", "duplicate", "claimed"}
 
@@ -143,7 +144,11 @@ def _job(cfg: DictConfig, hc, multirun: bool, out_dir: Path) -> None:
             FINISHED.append(("interrupted", multirun))
             return
         raise
-    print(summary_line(rec), file=sys.stdout if rec.status == "ok" else sys.stderr, flush=True)
+    line = summary_line(rec)
+    if rec.status != "invalid" or line.split(": ", 1)[-1] not in _REFUSED:  # one refusal's reason once a sweep
+        print(line, file=sys.stdout if rec.status == "ok" else sys.stderr, flush=True)
+    if rec.status == "invalid":
+        _REFUSED.add(line.split(": ", 1)[-1])
     if multirun:
         _remember(Path(hc.sweep.dir), rec, out_dir / METRICS)
     FINISHED.append((rec.status, multirun))

@@ -280,8 +280,12 @@ def _build(dirs: list[Path], out: Path, html: bool, all_plots: bool) -> Path:
     df = load_records(dirs)
     projected = df[df.kind == "projected"] if not df.empty else df
     df = df[df.kind != "projected"] if not df.empty else df  # measured: every block below but the projection's
+    n_projected = int((projected.status == "ok").sum()) if not projected.empty else 0
+    what = f"{(df.status == 'ok').sum()} measured records"
+    if n_projected:
+        what += f" and {n_projected} PROJECTED (not measured) records"
     blocks: list[Block] = [("h1", "lora-bench report"),
-                           ("p", f"{(df.status == 'ok').sum()} measured records of {len(df)} job directories "
+                           ("p", f"{what} of {len(df) + len(projected)} job directories "
                                  f"under {', '.join(str(d) for d in dirs)}; built "
                                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")]
     running = int((df.status == "running").sum()) if not df.empty else 0

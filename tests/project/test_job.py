@@ -1,9 +1,11 @@
 """A projected job: its record, its refusals, and that it can never pass for a measurement."""
+import json
+
 import pytest
 
 from bench.job import run_job
 from bench.project.job import CUDA_CONTEXT, RESERVE_FACTOR, largest_batch, reserved
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, ROOT, compose_cfg, run_cli
 
 
 def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
@@ -49,3 +51,18 @@ def test_a_local_config_without_weights_is_projected_and_refused_for_measuring(t
     assert rec.status == "ok" and rec.kind == "projected" and rec.model_shape.dim == 64
     rec = run_job(compose_cfg(common), tmp_path / "m")
     assert rec.status == "invalid" and rec.outcome.key == "model.path"
+
+
+def test_a_sweep_projects_each_configuration_once_whatever_its_repeats(tmp_path):
+    """A projection is deterministic: the sweep's default three repeats are one job, the others
+    recorded as duplicates of it, and the report counts what it holds."""
+    sweep = tmp_path / "sweep"
+    fast = [o for o in FAST if not o.startswith("repeat=")]
+    r = run_cli(["-m", "repeat=0,1,2", "strategy=full,lora_all", "project.gpu=H100", *fast, f"hydra.sweep.dir={sweep}"],
+                cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
+    assert sorted(x["status"] for x in recs) == ["duplicate"] * 4 + ["ok"] * 2
+    assert r.stdout.count("PROJECTED, not measured") == 2 and r.stdout.count("[skip]") == 4
+    md = (sweep / "report" / "report.md").read_text()
+    assert "0 measured records and 2 PROJECTED (not measured) records of 6 job directories" in md
