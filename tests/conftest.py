@@ -1,8 +1,17 @@
+import os
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
+# The suite runs on two workers (pytest-xdist) on two cores: each worker and every process it starts
+# computes on one thread, so that no OpenMP team spin-waits for a core the other worker holds.
+# Measured on this project's 2-core VM: 13.3 CPU-minutes and 7.1 min of wall time with torch's
+# default two threads, 8.7 and 5.2 with one. Set before torch is imported; inherited by subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported early by a plugin: set it there too
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

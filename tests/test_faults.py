@@ -172,9 +172,10 @@ def test_sigint_at_any_moment_stops_the_sweep_with_a_non_zero_exit(tmp_path):
     (tests/test_signals.py drives every phase deterministically)."""
     started = 0
     rng = __import__("random").Random()
-    for n, offset in enumerate(sorted([0.3, *[rng.uniform(1.5, 11.0) for _ in range(5)]])):
+    # Offsets within the sweep on a fast machine too (200 steps a job: several seconds each).
+    for n, offset in enumerate(sorted([0.3, *[rng.uniform(1.5, 8.0) for _ in range(4)]])):
         sweep = tmp_path / f"s{n}"
-        proc = subprocess.Popen([sys.executable, "-m", "bench.run", *SWEEP, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "bench.run", *SWEEP, "train.steps=200", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(offset)
         if proc.poll() is not None:  # it finished first: nothing to interrupt at this offset

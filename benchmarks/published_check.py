@@ -1,0 +1,120 @@
+"""Hold the projection to published GPU runs: project every row of results/reference/published/runs.json
+and print, beside each published figure, the projected one and its relative error.
+
+    python benchmarks/published_check.py [--out results/reference/published/check.md] [--only ID,...]
+
+Each row names its source file and commit, its setting and its role: `calibration` rows may set a
+constant of the projection, `check` rows may not, and the error that counts is the check rows'.
+Nothing here is fitted: the projection runs as `project.gpu=...` runs for a user, and this prints
+how far it is from what was published. The published figures are recomputed from the transcribed
+per-interval values: ms per step = the sum of the logged train time over the intervals / steps (the
+evaluation excluded), allocated = the mean of the per-interval mean allocated after each step.
+
+Stated limits of the comparison (not of the source): the projection builds lora-bench's native LoRA
+layer, not PEFT's (PEFT is refused under fake tensors: bench/project/job.py); every sequence is
+the mean real length (the source pads each batch to its longest, whose lengths it does not
+publish); and the host's cost per operation is this machine's calibration unless --host-op-us is
+given, so the figures move with this machine's load (issue #25).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RUNS = ROOT / "results" / "reference" / "published" / "runs.json"
+
+
+def published(run: dict) -> dict:
+    """The row's published figures, recomputed from its transcribed intervals."""
+    s = run["setting"]
+    times = run["train_time_s_per_250_steps"]
+    alloc = run["mem_allocated_avg_bytes_per_250_steps"]
+    return {"ms": 1e3 * sum(times) / s["steps"], "tokens_per_seq": s["train_total_tokens"] / s["steps"] / s["batch_size"],
+            "allocated": statistics.fmean(alloc), "reserved": run["reserved_avg_bytes"]}
+
+
+def overrides(run: dict, host_op_us: float | None) -> list[str]:
+    s = run["setting"]
+    seq = round(published(run)["tokens_per_seq"])
+    out = [f"model={s['preset']}", f"strategy={s['strategy']}", "data=random", f"train.batch_size={s['batch_size']}",
+           f"train.seq_len={seq}", "train.precision=fp32", "project.dtype=bf16", f"project.gpu={s['gpu']}",
+           f"train.grad_clip={s['grad_clip']}", "train.eval_batches=1", "train.progress=false"]
+    if "rank" in s:
+        out += [f"lora.rank={s['rank']}", f"lora.alpha={s['alpha']}", f"lora.dora={str(s['dora']).lower()}"]
+    if host_op_us is not None:
+        out.append(f"project.host_op_us={host_op_us}")
+    return out
+
+
+def project(run: dict, host_op_us: float | None, work: Path) -> dict:
+    from bench.job import run_job
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides(run, host_op_us))
+    rec = run_job(cfg, work / run["id"])
+    if rec.status != "ok":
+        raise SystemExit(f"{run['id']}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
+    p = rec.projection
+    d = p.devices[0]
+    return {"ms": d.step_ms, "bound": d.bound, "host_op_us": d.host_op_us, "states": p.weights_bytes + p.grads_bytes
+            + p.optimizer_state_bytes, "reserved": d.reserved_bytes, "seconds": p.seconds}
+
+
+def _err(pred: float, pub: float) -> str:
+    return f"{100 * (pred / pub - 1):+.0f}%"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
+    ap.add_argument("--only", default=None, help="comma-separated row ids")
+    ap.add_argument("--host-op-us", type=float, default=None, help="the host's cost per operation, us (default: this machine's)")
+    args = ap.parse_args(argv)
+    runs = json.loads(RUNS.read_text())["runs"]
+    if args.only:
+        runs = [r for r in runs if r["id"] in args.only.split(",")]
+    rows, got = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            pub, pred = published(run), project(run, args.host_op_us, Path(tmp))
+            got[run["id"]] = (pub, pred)
+            s = run["setting"]
+            what = s["strategy"] + (f" r{s['rank']}" + (" DoRA" if s.get("dora") else "") if "rank" in s else "")
+            rows.append(f"| {run['id']} | {run['role']} | {what} | {s['gpu']} | {pub['ms']:.1f} | {pred['ms']:.1f} "
+                        f"({pred['bound']}-bound, host {pred['host_op_us']:.1f} us/op) | {_err(pred['ms'], pub['ms'])} | "
+                        f"{pub['allocated'] / 1e9:.2f} | {pred['states'] / 1e9:.2f} | {_err(pred['states'], pub['allocated'])} | "
+                        f"{pub['reserved'] / 1e9:.2f} | {pred['reserved'] / 1e9:.2f} | {_err(pred['reserved'], pub['reserved'])} |")
+    head = ["| row | role | job | GPU | published ms/step | PROJECTED ms/step | error | published allocated GB "
+            "(mean, after the step) | PROJECTED weights+grads+optimizer GB | error | published reserved GB (mean) | "
+            "PROJECTED reserve GB | error |", "|" + "---|" * 13]
+    lines = [f"Projection against published runs ({RUNS.relative_to(ROOT)}), {time.strftime('%Y-%m-%d')}; PROJECTED "
+             f"figures from `python benchmarks/published_check.py` on this machine.", "", *head, *rows, ""]
+    full = next((v for k, v in got.items() if k.endswith("-full")), None)
+    for k, (pub, pred) in got.items():
+        if full is not None and not k.endswith("-full"):
+            lines.append(f"- {k}: ratio to full fine-tuning published {pub['ms'] / full[0]['ms']:.3f}, PROJECTED "
+                         f"{pred['ms'] / full[1]['ms']:.3f} ({_err(pred['ms'] / full[1]['ms'], pub['ms'] / full[0]['ms'])})")
+    checks = [abs(pred["ms"] / pub["ms"] - 1) for k, (pub, pred) in got.items()
+              if next(r for r in runs if r["id"] == k)["role"] == "check"]
+    calib = [abs(pred["ms"] / pub["ms"] - 1) for k, (pub, pred) in got.items()
+             if next(r for r in runs if r["id"] == k)["role"] == "calibration"]
+    lines.append(f"- Median absolute step-time error: check rows {100 * statistics.median(checks):.0f}% over {len(checks)} "
+                 f"rows; calibration rows {100 * statistics.median(calib):.0f}% over {len(calib)} (no constant was fitted "
+                 f"to them)." if checks and calib else "- Too few rows for a median.")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
