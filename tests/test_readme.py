@@ -173,3 +173,10 @@ def test_the_self_projection_figures_are_in_the_filed_check():
     doc = DOCS["projection.md"]
     for figure in ("0.113", "0.263", "27 of 32", "1.09 projected against 0.93"):
         assert figure in doc, figure
+
+
+def test_the_published_check_is_quoted_verbatim():
+    check = (REF / "published" / "check.md").read_text()
+    quoted = [ln.strip() for ln in DOCS["projection.md"].split("Verbatim:")[1].split("Five rows")[0].splitlines()
+              if ln.strip()]
+    assert len(quoted) >= 10 and [q for q in quoted if q not in check] == []
