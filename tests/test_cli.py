@@ -44,3 +44,13 @@ def test_an_output_directory_below_a_file_is_one_line(tmp_path):
     res = run_cli([f"hydra.run.dir={tmp_path / 'afile' / 'run'}", *FAST], cwd=ROOT, timeout=120)
     assert res.returncode == 2 and f"{tmp_path / 'afile'} is not a directory" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_command_line_checks_keys_before_torch_loads():
+    """A typo costs about a second: bench.run's preflight runs before any module that imports torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.run; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-1500:]

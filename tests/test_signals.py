@@ -54,6 +54,8 @@ def test_a_sigint_in_any_phase_of_a_sweep_is_never_lost(tmp_path, phase):
     assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr[-1500:]
     records = [json.loads(p.read_text()) for p in sweep.glob("[0-9]*/metrics.json")]
     assert {r["status"] for r in records} <= {"ok", "interrupted"}
+    if phase == "report":  # the flag waited for the report to be whole: the console says so
+        assert "interrupted while the report was written: it was finished first" in res.stderr
     if phase == "preflight":
         assert not records
     else:

@@ -33,6 +33,31 @@ def test_plots_are_written_and_embedded(sweep, tmp_path):
         assert svg.stat().st_size > 5000 and "<svg" in svg.read_text()[:500]
     assert html.count("src='data:image/png;base64,") == len(PLOTS)
     assert "<script>" not in html and "&lt;script&gt;" in html   # strings from records are escaped
+    # Every table sits in a box that scrolls sideways: a wide one is never cut off at the right.
+    assert html.count("<div class='scroll'><table") == html.count("<table") > 0 and ".scroll{overflow-x:auto" in html
+
+
+def test_the_setting_title_names_the_model_source_backend_and_variants_all_share(tmp_path):
+    from tests.fixtures import record, write
+
+    def qlora(**kw):
+        rec = record(strategy="lora_all", rank=8, **kw)
+        rec["config"]["model"]["path"] = "/ckpt/my-model"
+        rec["config"]["quant"], rec["config"]["train"]["checkpointing"] = {"base": "nf4"}, "blocks"
+        rec["config"]["lora"]["dora"] = True
+        return rec
+
+    full = record()
+    full["config"]["model"]["path"] = "/ckpt/my-model"
+    full["config"]["train"]["checkpointing"] = "blocks"
+    write(tmp_path / "s", "0", full)
+    write(tmp_path / "s", "1", qlora())
+    md = build_report([tmp_path / "s"], tmp_path / "out", html=False).read_text()
+    title = next(ln for ln in md.splitlines() if ln.startswith("## Setting 1:"))
+    assert "tiny from /ckpt/my-model" in title and "LoRA by native" in title and "nf4 4-bit base (QLoRA)" in title
+    assert "DoRA" in title and "activation checkpointing: blocks" in title
+    # The rows name what is on even though nothing varies: a QLoRA-only sweep does not read as plain LoRA.
+    assert "| lora_all r=8 quant=nf4 dora=True checkpointing=blocks |" in md
 
 
 def test_report_of_nothing_still_writes(tmp_path):
