@@ -68,6 +68,56 @@ def project(run: dict, host_op_us: float | None, work: Path) -> dict:
             + p.optimizer_state_bytes, "reserved": d.reserved_bytes, "seconds": p.seconds}
 
 
+GRID = [round(0.20 + 0.01 * i, 2) for i in range(81)]  # achieved fractions tried: 0.20 to 1.00
+
+
+def _step_s(c, m, host, host_total: float, e_c: float, e_m: float) -> float:
+    """bench/project/timeline.py's step for arrays of kernels (compute-bound and memory-bound
+    times at the peaks, the host's issue time of each): the device runs kernel i at
+    max(issued_i, end of i-1), so it ends at S_n + max_i(host_i - S_(i-1)), S the cumulative kernel time."""
+    import numpy as np
+
+    d = np.maximum(c / e_c, m / e_m)
+    s = np.cumsum(d)
+    return float(max(host_total, s[-1] + np.max(host - (s - d))))
+
+
+def fit(runs: list[dict]) -> dict:
+    """The achieved fractions of matmul peak and bandwidth that minimise the squared log error of the
+    step time over the calibration rows (a grid over GRID); written to bench/project/achieved.json."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import load_config
+    from bench.project.devices import ACHIEVED, table
+    from bench.project.fake import fake_step
+    from bench.project.job import host_op_s
+
+    ACHIEVED.unlink(missing_ok=True)  # the fit starts from the datasheet peaks
+    calib = [r for r in runs if r["role"] == "calibration"]
+    arrays = []
+    for run in calib:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = load_config(compose("config", overrides=overrides(run, None)))
+        dev, (op_s, _) = table()[run["setting"]["gpu"]], host_op_s(cfg)
+        kernels = [op for op in fake_step(cfg, foreach=True).ops]
+        host = np.cumsum([op_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])
+        keep = np.array([op.kernel for op in kernels])
+        c = np.array([op.flops / dev.matmul_flops[op.dtype] for op in kernels])[keep]
+        m = np.array([op.bytes / dev.bandwidth for op in kernels])[keep]
+        arrays.append((c, m, host[keep], host[-1], published(run)["ms"] / 1e3))
+    loss = {(e_c, e_m): sum(np.log(_step_s(c, m, h, total, e_c, e_m) / pub) ** 2 for c, m, h, total, pub in arrays)
+            for e_c in GRID for e_m in GRID}
+    (e_c, e_m), best = min(loss.items(), key=lambda kv: kv[1])
+    out = {"matmul": e_c, "bandwidth": e_m, "fitted_on": [r["id"] for r in calib],
+           "source": f"fitted on {len(calib)} calibration rows of results/reference/published/runs.json by "
+                     f"benchmarks/published_check.py --fit, {time.strftime('%Y-%m-%d')}",
+           "objective": f"sum of squared log errors of the step time, {best:.4f} at the best point of a "
+                        f"{len(GRID)} x {len(GRID)} grid"}
+    ACHIEVED.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def _err(pred: float, pub: float) -> str:
     return f"{100 * (pred / pub - 1):+.0f}%"
 
@@ -77,8 +127,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     ap.add_argument("--only", default=None, help="comma-separated row ids")
     ap.add_argument("--host-op-us", type=float, default=None, help="the host's cost per operation, us (default: this machine's)")
+    ap.add_argument("--fit", action="store_true", help="first fit the achieved fractions on the calibration rows "
+                                                       "(writes bench/project/achieved.json)")
     args = ap.parse_args(argv)
     runs = json.loads(RUNS.read_text())["runs"]
+    fitted = fit(runs) if args.fit else None
     if args.only:
         runs = [r for r in runs if r["id"] in args.only.split(",")]
     rows, got = [], {}
@@ -95,8 +148,15 @@ def main(argv: list[str]) -> int:
     head = ["| row | role | job | GPU | published ms/step | PROJECTED ms/step | error | published allocated GB "
             "(mean, after the step) | PROJECTED weights+grads+optimizer GB | error | published reserved GB (mean) | "
             "PROJECTED reserve GB | error |", "|" + "---|" * 13]
+    from bench.project.devices import achieved
+
+    fit_now = achieved()
+    constants = ("the datasheet peaks (no achieved fractions fitted)" if fit_now is None else
+                 f"achieved fractions {fit_now['matmul']:.2f} of the matmul peak and {fit_now['bandwidth']:.2f} of the "
+                 f"bandwidth, {fit_now['source']}")
+    command = "python benchmarks/published_check.py" + (" --fit" if fitted else "")
     lines = [f"Projection against published runs ({RUNS.relative_to(ROOT)}), {time.strftime('%Y-%m-%d')}; PROJECTED "
-             f"figures from `python benchmarks/published_check.py` on this machine.", "", *head, *rows, ""]
+             f"figures from `{command}` on this machine, at {constants}.", "", *head, *rows, ""]
     full = next((v for k, v in got.items() if k.endswith("-full")), None)
     for k, (pub, pred) in got.items():
         if full is not None and not k.endswith("-full"):
@@ -106,9 +166,10 @@ def main(argv: list[str]) -> int:
               if next(r for r in runs if r["id"] == k)["role"] == "check"]
     calib = [abs(pred["ms"] / pub["ms"] - 1) for k, (pub, pred) in got.items()
              if next(r for r in runs if r["id"] == k)["role"] == "calibration"]
+    fitted_to = "the achieved fractions were fitted to them" if fit_now is not None else "no constant was fitted to them"
     lines.append(f"- Median absolute step-time error: check rows {100 * statistics.median(checks):.0f}% over {len(checks)} "
-                 f"rows; calibration rows {100 * statistics.median(calib):.0f}% over {len(calib)} (no constant was fitted "
-                 f"to them)." if checks and calib else "- Too few rows for a median.")
+                 f"rows; calibration rows {100 * statistics.median(calib):.0f}% over {len(calib)} ({fitted_to})."
+                 if checks and calib else "- Too few rows for a median.")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -8,7 +8,10 @@ for HBM and GDDR capacities are binary (GiB).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,6 +28,21 @@ class Device:
     bandwidth: float     # bytes/s of device memory
     source: str
     launch_s: float = 0.0  # a kernel launch's host cost (CUDA), on top of the dispatcher's
+    matmul_efficiency: float = 1.0     # the achieved fraction of the peak (ACHIEVED, for a GPU)
+    bandwidth_efficiency: float = 1.0  # the achieved fraction of the memory bandwidth
+
+
+# The achieved fractions of the datasheet peaks, fitted on the published runs marked `calibration`
+# (results/reference/published/runs.json) by `python benchmarks/published_check.py --fit`, which
+# writes this file; its error is reported on the `check` rows. Absent: the peaks themselves.
+ACHIEVED = Path(__file__).with_name("achieved.json")
+
+
+def achieved() -> dict | None:
+    try:
+        return json.loads(ACHIEVED.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # cudaLaunchKernel's host-side cost, about 2.5-5 us on current drivers (NVIDIA's CUDA C++ Best
@@ -81,6 +99,12 @@ def table() -> dict[str, Device]:
             out[name] = d
     for d in _typed():
         out[d.name] = d
+    fit = achieved()
+    if fit is not None:  # every GPU: a fraction fitted on one GPU's runs is assumed to hold on the others
+        out = {k: dataclasses.replace(d, matmul_efficiency=fit["matmul"], bandwidth_efficiency=fit["bandwidth"],
+                                      source=f"{d.source}; achieved {fit['matmul']:.2f} of its matmul peak and "
+                                             f"{fit['bandwidth']:.2f} of its bandwidth ({fit['source']})")
+               for k, d in out.items()}
     return out
 
 

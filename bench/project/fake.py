@@ -50,10 +50,43 @@ class Op:
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+# Views whose schemas carry no alias annotation: metadata on the device too, no kernel.
+_VIEWS = {"aten._unsafe_view", "aten._reshape_alias", "aten.alias", "aten.detach", "aten.lift_fresh"}
+
+
 def _launches(func) -> bool:
     """A view (its outputs alias an input and nothing is written) is metadata: no kernel."""
     returns = func._schema.returns
+    if str(func.overloadpacket) in _VIEWS:
+        return False
     return not (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns))
+
+
+def _fake_only(func, out) -> bool:
+    """A query FakeTensor itself dispatches (prim.device: 14,529 of a Llama-3.2-3B LoRA step's 21,418
+    recorded calls) that eager PyTorch answers without the dispatcher: neither an operation nor a kernel."""
+    return func.namespace == "prim" and not isinstance(out, torch.Tensor)
+
+
+def _footprint(t: torch.Tensor) -> int:
+    """The bytes a kernel moves for one tensor argument: its distinct elements. A broadcast input
+    (an expand: stride 0 along a dimension) is read once, not once per element of the output."""
+    n = 1
+    for size, stride in zip(t.shape, t.stride()):
+        if stride != 0:
+            n *= size
+    return n * t.element_size()
+
+
+def kernel_bytes(inputs: list, outputs: list) -> int:
+    """Bytes read and written by one kernel: each distinct input tensor once (x * x reads x once),
+    each output once. An in-place op's output is its input: read and written, two transfers."""
+    seen, total = set(), 0
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            total += _footprint(t)
+    return total + sum(_footprint(t) for t in outputs if isinstance(t, torch.Tensor))
 
 
 class OpRecorder(TorchDispatchMode):
@@ -64,12 +97,14 @@ class OpRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if _fake_only(func, out):
+            return out
         packet = func.overloadpacket
         count = flop_registry.get(packet) or _EXTRA.get(packet)
         flops = int(count(*args, **kwargs, out_val=out)) if count is not None else 0
         kernel = _launches(func)
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-        moved = sum(t.numel() * t.element_size() for t in tensors) if kernel else 0
+        moved = kernel_bytes(tree_flatten((args, kwargs))[0], tree_flatten(out)[0]) if kernel else 0
         floating = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32")))
         return out

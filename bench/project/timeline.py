@@ -4,7 +4,7 @@
                  │        │        │                   machine's calibration) + a launch if it is a kernel
     device       └─ k1 ───┴──┐ k2 ─┴─ k3 ...      a kernel starts when the host has issued it and the
                              └─ idle              device has finished the one before
-    kernel time = max(FLOPs / peak FLOP/s of its dtype, bytes read and written / bandwidth)
+    kernel time = max(FLOPs / achieved FLOP/s of its dtype, bytes read and written / achieved bandwidth)
 
 The step ends where the later of the two timelines ends. A device that waits on the host idles:
 that share of the step is what "host-bound" means, the mechanism behind MiniMind #88's slower
@@ -39,7 +39,8 @@ class Timeline:
 
 def kernel_s(op: Op, device: Device) -> tuple[float, float]:
     """(compute-bound time, memory-bound time) of one kernel."""
-    return op.flops / device.matmul_flops[op.dtype], op.bytes / device.bandwidth
+    return (op.flops / (device.matmul_flops[op.dtype] * device.matmul_efficiency),
+            op.bytes / (device.bandwidth * device.bandwidth_efficiency))
 
 
 def project_time(ops: list[Op], device: Device, host_op_s: float, serial: bool = False) -> Timeline:

@@ -71,3 +71,20 @@ def test_bf16_parameters_are_built_in_bf16_without_a_move():
     step = fake_step(_cfg("strategy=full", "project.dtype=bf16", "train.precision=bf16"))
     full = fake_step(_cfg("strategy=full"))
     assert step.weights_bytes * 2 == full.weights_bytes
+
+
+def test_fake_tensors_own_queries_are_neither_operations_nor_kernels():
+    # FakeTensor answers x.device through the dispatcher (prim.device); eager PyTorch does not.
+    step = fake_step(_cfg("strategy=lora_all"))
+    assert not any(op.name.startswith("prim.") for op in step.ops)
+    assert all(not op.kernel and op.bytes == 0 for op in step.ops if op.name in ("aten._unsafe_view", "aten.detach"))
+
+
+def test_a_kernel_moves_each_distinct_input_once_and_a_broadcast_input_once():
+    from bench.project.fake import kernel_bytes
+
+    x = torch.ones(4, 1).expand(4, 8)        # 4 distinct fp32 elements, 32 as the output sees them
+    y = torch.ones(4, 8)
+    out = x * y
+    assert kernel_bytes([x, y], [out]) == 4 * 4 + 32 * 4 + 32 * 4
+    assert kernel_bytes([y, y], [out]) == 32 * 4 + 32 * 4  # y * y reads y once
