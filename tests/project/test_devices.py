@@ -26,3 +26,23 @@ def test_the_listing_and_the_host_as_a_device():
     assert "RTX3090: 24 GiB" in listing()
     cpu = host_device(1e11, 3e10, "this CPU")
     assert cpu.launch_s == 0 and cpu.matmul_flops["fp32"] == 1e11
+
+
+def test_the_fitted_achieved_fractions_price_every_gpu_and_say_where_they_come_from(tmp_path, monkeypatch):
+    import json
+
+    from bench.project import devices
+    from bench.project.fake import Op
+    from bench.project.timeline import kernel_s
+
+    monkeypatch.setattr(devices, "ACHIEVED", tmp_path / "none.json")
+    peak = devices.lookup("L40S")
+    assert (peak.matmul_efficiency, peak.bandwidth_efficiency) == (1.0, 1.0)  # no fit: the datasheet's peaks
+    fit = tmp_path / "achieved.json"
+    fit.write_text(json.dumps({"matmul": 0.5, "bandwidth": 0.8, "source": "a test's fit"}))
+    monkeypatch.setattr(devices, "ACHIEVED", fit)
+    d = devices.lookup("L40S")
+    assert "achieved 0.50 of its matmul peak and 0.80 of its bandwidth (a test's fit)" in d.source
+    op = Op("aten.mm", int(1e12), int(1e9), True, "bf16")
+    c, m = kernel_s(op, d)
+    assert c == pytest.approx(1e12 / (0.5 * d.matmul_flops["bf16"])) and m == pytest.approx(1e9 / (0.8 * d.bandwidth))
