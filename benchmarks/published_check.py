@@ -53,13 +53,18 @@ def overrides(run: dict, host_op_us: float | None) -> list[str]:
     return out
 
 
-def project(run: dict, host_op_us: float | None, work: Path) -> dict:
-    from bench.job import run_job
+def composed(run: dict, host_op_us: float | None):
+    """The row's job, composed as the command line composes it."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides(run, host_op_us))
-    rec = run_job(cfg, work / run["id"])
+        return compose("config", overrides=overrides(run, host_op_us))
+
+
+def project(run: dict, host_op_us: float | None, work: Path) -> dict:
+    from bench.job import run_job
+
+    rec = run_job(composed(run, host_op_us), work / run["id"])
     if rec.status != "ok":
         raise SystemExit(f"{run['id']}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
     p = rec.projection
@@ -86,7 +91,6 @@ def fit(runs: list[dict]) -> dict:
     """The achieved fractions of matmul peak and bandwidth that minimise the squared log error of the
     step time over the calibration rows (a grid over GRID); written to bench/project/achieved.json."""
     import numpy as np
-    from hydra import compose, initialize_config_dir
 
     from bench.config import load_config
     from bench.project.devices import ACHIEVED, table
@@ -97,8 +101,7 @@ def fit(runs: list[dict]) -> dict:
     calib = [r for r in runs if r["role"] == "calibration"]
     arrays = []
     for run in calib:
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = load_config(compose("config", overrides=overrides(run, None)))
+        cfg = load_config(composed(run, None))
         dev, (op_s, _) = table()[run["setting"]["gpu"]], host_op_s(cfg)
         kernels = [op for op in fake_step(cfg, foreach=True).ops]
         host = np.cumsum([op_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])

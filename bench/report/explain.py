@@ -142,9 +142,10 @@ def unstable_jobs(df: pd.DataFrame) -> list[str]:
     out = []
     ok = df[(df.status == "ok") & (df.kind != "projected")]
     keys = varying_keys(ok)
-    label = {i: variant_label(r, keys) for i, r in ok.iterrows()}
+    label = pd.Series({i: variant_label(r, keys) for i, r in ok.iterrows()}, dtype=object)
+    quiet_of = label[ok.unstable != True].value_counts()  # noqa: E712  (quiet repeats per configuration)
     for i, r in ok[ok.unstable == True].iterrows():  # noqa: E712
-        quiet = sum(1 for j, o in ok.iterrows() if label[j] == label[i] and o.unstable != True)  # noqa: E712
+        quiet = int(quiet_of.get(label[i], 0))
         rest = (f"its other {quiet} repeat{'s' if quiet > 1 else ''} carry the configuration's verdict" if quiet
                 else "no repeat of it was measured on a quiet machine, so the configuration is in no verdict")
         args = (r.overrides if isinstance(r.overrides, str) and r.overrides
