@@ -24,6 +24,8 @@ MODEL_KINDS = ("native", "hf_llama", "hf")
 BACKENDS = ("native", "peft")
 IMPLS = ("eager", "fused")
 DIST_MODES = ("ddp", "fsdp")
+SHARDS = ("full", "grad_op")
+OUT_OF_SCOPE = {"tp": "tensor", "tensor": "tensor", "pp": "pipeline", "pipeline": "pipeline"}
 QUANT_BASES = ("none", "nf4")               # room for int8
 QUANT_SCOPES = ("adapted", "frozen")
 CHECKPOINTING = ("none", "blocks", "selective")
@@ -139,7 +141,11 @@ class ProjectConfig:
     """project.gpu: the job runs on fake tensors and is priced for these devices (bench/project/)."""
     gpu: Optional[list[str]]      # the devices (project.gpu=H100 or project.gpu=[H100,L40S]); list: the known ones
     dtype: str                    # fp32 | bf16: how the parameters are stored
-    host_op_us: Optional[float]   # the host's cost per operation; null: this machine's calibration
+    host_op_us: Optional[float]   # the host's cost per operation; null: bench/project/job.py's GPU host constant
+    devices: int                  # data-parallel ranks (dist.mode: ddp | fsdp), one GPU each
+    nodes: int                    # machines the ranks are split over, devices / nodes GPUs each
+    link: Optional[str]           # the GPUs' link within a node (bench/project/links.py); null: the device's own
+    network: str                  # the link between nodes
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ class PeftConfig:
 class DistConfig:
     nproc: int  # processes (ranks); > 1 starts them through torchrun (bench/distributed/launch.py)
     mode: str   # ddp | fsdp
+    shard: str  # fsdp: full (ZeRO-3: parameters re-gathered for backward) | grad_op (ZeRO-2: kept from forward)
 
 
 @dataclass(frozen=True)
@@ -285,7 +292,11 @@ def _check_dist(c: BenchConfig) -> None:
     """Combinations a multi-process job cannot measure yet are refused here, each with its reason."""
     d, t = c.dist, c.train
     _positive("dist.nproc", d.nproc)
+    if d.mode in OUT_OF_SCOPE:
+        raise ConfigError("dist.mode", f"{OUT_OF_SCOPE[d.mode]} parallelism is out of scope: lora-bench measures and "
+                                       "projects data parallelism only (ddp | fsdp)")
     _one_of("dist.mode", d.mode, DIST_MODES)
+    _one_of("dist.shard", d.shard, SHARDS)
     if d.nproc == 1:
         return
     if t.grad_accum > 1:
@@ -327,10 +338,22 @@ def _check_variants(c: BenchConfig) -> None:
         _positive("project.host_op_us", p.host_op_us)
     if p.gpu is not None and not p.gpu:
         raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
+    _positive("project.devices", p.devices)
+    _positive("project.nodes", p.nodes)
+    if p.devices % p.nodes:
+        raise ConfigError("project.nodes", f"{p.devices} devices do not split evenly over {p.nodes} nodes")
+    if p.devices > 1 and p.gpu is None:
+        raise ConfigError("project.devices", "is a projection's; name the GPUs too (project.gpu=H100)")
+    if p.gpu is not None and c.dist.nproc > 1 and p.devices == 1:
+        raise ConfigError("project.devices", f"dist.mode={c.dist.mode} projects onto several GPUs: name how many "
+                                             "(project.devices=8)")
+    if p.devices > 1 and q.base != "none":
+        raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
+                                        "(project.devices=1)")
     if r.dora:
         if r.impl == "fused":
             raise ConfigError("lora.dora", "the fused layer has no DoRA path; DoRA runs with lora.impl=eager")
-        if c.dist.nproc > 1 and c.dist.mode == "fsdp":
+        if (c.dist.nproc > 1 or p.devices > 1) and c.dist.mode == "fsdp":
             raise ConfigError("lora.dora", "DoRA's weight norm reads the whole base weight, which FSDP shards "
                                            "(dist.mode=ddp)")
 

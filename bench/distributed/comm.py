@@ -27,11 +27,15 @@ class CommCounter:
         self.bytes: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.active = True
+        self.listener = None  # a projection's recorder: told of each collective where it is issued
 
     def add(self, kind: str, t: torch.Tensor) -> None:
         if self.active:
-            self.bytes[kind] += t.numel() * t.element_size()
+            local = getattr(t, "_local_tensor", t)
+            self.bytes[kind] += local.numel() * local.element_size()
             self.calls[kind] += 1
+            if self.listener is not None:
+                self.listener(kind, t)
 
     def reset(self) -> None:
         self.bytes.clear()

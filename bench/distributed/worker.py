@@ -30,12 +30,16 @@ from bench.record.store import METRICS, write_record
 class TimedSteps:
     """The protocol's per-step callback: collectives are counted over the timed steps only."""
 
-    def __init__(self, counter: CommCounter):
-        self.counter, self.steps = counter, 0
+    def __init__(self, counter: CommCounter, timed: int):
+        self.counter, self.steps, self.timed = counter, 0, timed
 
     def __call__(self, i: int, kind: str) -> None:
+        if self.steps == self.timed:
+            return
         if kind == "timed":
             self.steps += 1
+            if self.steps == self.timed:  # not the final evaluation's forward, nor the paired baseline's
+                self.counter.active = False
         else:
             self.counter.reset()  # anything before the timed steps (first, count, profile, warm-up)
 
@@ -56,9 +60,9 @@ def _run(node: dict, out: Path, rank: int, world: int, rec: Record) -> None:
     s = setup(cfg, device)
     s.data_seed = cfg.train.seed + 1_000_003 * rank  # each rank its own batches
     counter = CommCounter()
-    s.model = wrap(s.model, cfg.dist.mode, device, counter, world)
+    s.model = wrap(s.model, cfg.dist.mode, device, counter, world, zero2=cfg.dist.shard == "grad_op")
     rec.env = Env(**describe(device))
-    steps = TimedSteps(counter)
+    steps = TimedSteps(counter, cfg.train.steps)
     try:
         measure(cfg, s, out, rec, on_step=steps)
     finally:

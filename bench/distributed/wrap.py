@@ -23,7 +23,10 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter, world: int) -> nn.Module:
+def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter, world: int, mesh=None,
+         zero2: bool = False) -> nn.Module:
+    """`zero2`: ZeRO-2 (FSDP's grad_op): a block keeps its gathered parameters from forward to backward;
+    otherwise FSDP2's default, ZeRO-3 for the blocks (the root keeps its own: backward needs them at once). `mesh`: one made already (a projection makes it outside its fake mode)."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -33,10 +36,10 @@ def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(device.type, (world,))
+    mesh = mesh if mesh is not None else init_device_mesh(device.type, (world,))
     units = [*blocks(model), model]
     for unit in units:
-        fully_shard(unit, mesh=mesh)
+        fully_shard(unit, mesh=mesh, **({"reshard_after_forward": False} if zero2 else {}))
     gather, scatter = fsdp_comms(counter)
     for unit in units:
         unit.set_custom_all_gather(gather)

@@ -34,6 +34,10 @@ from bench.measure import counters
 
 _EXTRA = {k: shape_wrapper(v) for k, v in counters.EXTRA_FLOPS.items()}
 # MemTracker's names for its categories, as the record names them.
+FSDP_SPLIT = {"Sharded Param": "parameters", "Unsharded Param": "parameters", "Buffer": "buffers",
+              "Sharded Grad": "gradients", "Unsharded Grad": "gradients", "OptState": "optimizer",
+              "Activation": "activations", "Temp": "temporaries", "All Gather": "temporaries",
+              "Reduce Scatter": "temporaries", "Inputs": "other"}
 SPLIT = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Optstate": "optimizer",
          "Activation": "activations", "Temp": "temporaries", "Other": "other"}
 
@@ -45,6 +49,10 @@ class Op:
     bytes: int
     kernel: bool
     dtype: str  # "bf16" | "fp16" | "fp32": the dtype its time is priced at
+    collective: str | None = None  # allreduce | allgather | reducescatter: on the communication stream,
+                                   # `bytes` its payload (bench/distributed/comm.py)
+    waits: int | None = None       # the index of the collective whose output this kernel reads first
+    barrier: bool = False          # backward's end: the compute stream waits for every collective issued
 
 
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -68,6 +76,11 @@ def _fake_only(func, out) -> bool:
     return func.namespace == "prim" and not isinstance(out, torch.Tensor)
 
 
+def _local(t):
+    """A DTensor's (FSDP's sharded parameters, their gradients and AdamW's state) own shard."""
+    return t._local_tensor if type(t).__name__ == "DTensor" else t
+
+
 def _footprint(t: torch.Tensor) -> int:
     """The bytes a kernel moves for one tensor argument: its distinct elements. A broadcast input
     (an expand: stride 0 along a dimension) is read once, not once per element of the output."""
@@ -85,19 +98,49 @@ def kernel_bytes(inputs: list, outputs: list) -> int:
     for t in inputs:
         if isinstance(t, torch.Tensor) and id(t) not in seen:
             seen.add(id(t))
-            total += _footprint(t)
-    return total + sum(_footprint(t) for t in outputs if isinstance(t, torch.Tensor))
+            total += _footprint(_local(t))
+    return total + sum(_footprint(_local(t)) for t in outputs if isinstance(t, torch.Tensor))
+
+
+def _storage(t: torch.Tensor):
+    try:
+        return _local(t).untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 class OpRecorder(TorchDispatchMode):
+    """Every operation of the step in dispatch order; collectives (told by `collective`) in place."""
+
     def __init__(self):
         super().__init__()
         self.ops: list[Op] = []
+        self.gathered: dict[int, int] = {}  # an all-gather's output storage -> the collective's index
+
+    def collective(self, kind: str, t: torch.Tensor) -> None:
+        """A collective as bench/distributed/comm.py counts it: issued here, its payload `t`."""
+        t = _local(t)
+        self.ops.append(Op(kind, 0, t.numel() * t.element_size(), False, _DTYPES.get(t.dtype, "fp32"), collective=kind))
+        if kind == "allgather":  # its output is unsharded parameters: the kernel that reads it first waits
+            key = _storage(t)
+            if key is not None:
+                self.gathered[key] = len(self.ops) - 1
+
+    def barrier(self) -> None:
+        self.ops.append(Op("wait_collectives", 0, 0, False, "fp32", barrier=True))
+
+    def _waits(self, args) -> int | None:
+        for t in args:
+            if isinstance(t, torch.Tensor):
+                i = self.gathered.pop(_storage(t), None)
+                if i is not None:
+                    return i
+        return None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if _fake_only(func, out):
+        if _fake_only(func, out) or func.namespace == "c10d":  # collectives: told by `collective`
             return out
         packet = func.overloadpacket
         count = flop_registry.get(packet) or _EXTRA.get(packet)
@@ -106,7 +149,8 @@ class OpRecorder(TorchDispatchMode):
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
         moved = kernel_bytes(tree_flatten((args, kwargs))[0], tree_flatten(out)[0]) if kernel else 0
         floating = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
-        self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32")))
+        waits = self._waits(tree_flatten((args, kwargs))[0]) if kernel and self.gathered else None
+        self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32"), waits=waits))
         return out
 
 
@@ -134,8 +178,10 @@ class LiveMemory(TorchDispatchMode):
                 if torch.is_tensor(v):
                     self._fixed(v, "optimizer")
         self._hooks = [p.register_post_accumulate_grad_hook(self._grad) for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
 
     def _fixed(self, t: torch.Tensor, category: str) -> None:
+        t = _local(t)
         packed = counters.stored_bytes(t)
         if packed != t.numel() * t.element_size():  # a 4-bit weight: its codes and scales, held all step
             self._move(packed, category)
@@ -152,7 +198,7 @@ class LiveMemory(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor, category: str) -> bool:
         try:
-            st = t.untyped_storage()
+            st = _local(t).untyped_storage()
         except (RuntimeError, NotImplementedError):
             return False
         key = st._cdata
@@ -170,14 +216,36 @@ class LiveMemory(TorchDispatchMode):
             self.total -= n
 
     def _grad(self, p: torch.Tensor) -> None:
-        key = p.grad.untyped_storage()._cdata
-        if key in self.live and self.live[key][1] != "gradients":
+        self._recategorize(p.grad, "gradients")
+
+    def _recategorize(self, t: torch.Tensor, category: str) -> None:
+        key = _local(t).untyped_storage()._cdata
+        if key in self.live and self.live[key][1] != category:
             n, old = self.live[key]
             self.current[old] -= n
-            self.current["gradients"] += n
-            self.live[key] = (n, "gradients")
-        else:
-            self._track(p.grad, "gradients")
+            self.current[category] += n
+            self.live[key] = (n, category)
+        elif key not in self.live:
+            self._track(t, category)
+
+    def settle_grads(self, params) -> None:
+        """Gradients assigned rather than accumulated (FSDP's sharded ones) are gradients too."""
+        for p in params:
+            if p.grad is not None:
+                self._grad(p)
+
+    def resized(self, t: torch.Tensor) -> None:
+        """A storage resized in place (FSDP's unsharded parameters, allocated and freed per block)."""
+        st = _local(t).untyped_storage()
+        key, n = st._cdata, st.nbytes()
+        if key not in self.live:
+            self._track(t, "parameters")
+            return
+        old, category = self.live[key]
+        self.current[category] -= old
+        self.total -= old
+        self.live[key] = (n, "parameters")
+        self._move(n, "parameters")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -232,6 +300,9 @@ class FakeStep:
     shape: object
     quant: object
     seconds: float       # how long the projection took on this machine
+    world: int = 1       # data-parallel ranks; every figure above is rank 0's
+    comm: dict = dataclasses.field(default_factory=dict)  # kind -> {bytes, calls} of the observed step
+    ddp_bucket_bytes: int = 0
 
 
 def _memtracker(model, optimizer):
@@ -243,25 +314,58 @@ def _memtracker(model, optimizer):
     return tracker
 
 
+def _fsdp_memtracker(model, optimizer):
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+    tracker = FSDPMemTracker(model, optimizer)
+    _skip_frozen(tracker, model)
+    tracker.track_inputs = lambda inputs: None  # noqa: E731 (the batch is not the module's)
+    return tracker
+
+
 def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool = False,
-              foreach: bool = False) -> FakeStep:
+              foreach: bool = False, world: int = 1) -> FakeStep:
     """Build the job on fake tensors and run its steady-state step, observed. `memtracker`:
-    PyTorch's MemTracker instead of LiveMemory (the tests hold them equal). `foreach`: AdamW's
-    multi-tensor implementation, PyTorch's default on CUDA (on a CPU it loops over the tensors)."""
+    PyTorch's MemTracker (FSDPMemTracker under FSDP) instead of LiveMemory (the tests hold them
+    equal). `foreach`: AdamW's multi-tensor implementation, PyTorch's default on CUDA (on a CPU it
+    loops over the tensors). `world` > 1: rank 0 of `world` data-parallel ranks (cfg.dist.mode,
+    cfg.dist.shard; bench/project/parallel.py), each collective recorded where it is issued."""
+    from bench.project import parallel
+
+    if world == 1:
+        return _fake_step(cfg, batch_size, memtracker, foreach, 1)
+    with parallel.fake_world(world):
+        return _fake_step(cfg, batch_size, memtracker, foreach, world)
+
+
+def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, world: int) -> FakeStep:
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
+    from bench.distributed.comm import CommCounter
     from bench.measure.trainer import Trainer
     from bench.models.setup import seed_everything, setup
+    from bench.project import parallel
 
     t0 = time.perf_counter()
     if batch_size is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
     cpu = torch.device("cpu")
     dtype = torch.bfloat16 if cfg.project.dtype == "bf16" else torch.float32
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    fsdp = world > 1 and cfg.dist.mode == "fsdp"
+    ddp = world > 1 and not fsdp
+    device_mesh = parallel.mesh(world) if fsdp else None
+    counter, recorder = CommCounter(), OpRecorder()
+    with FakeTensorMode(allow_non_fake_inputs=True), contextlib.ExitStack() as stack:
         seed_everything(cfg.train.seed)
         with _default_dtype(dtype):
             s = setup(cfg, cpu, data_context=unset_fake_temporarily)
+        if fsdp:
+            from bench.distributed.wrap import wrap
+
+            s.model = wrap(s.model, "fsdp", cpu, counter, world, mesh=device_mesh,
+                           zero2=cfg.dist.shard == "grad_op")
+            s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
+        buckets = parallel.DDPBuckets(s.model, counter, world) if ddp else None
         trainer = Trainer(s.model, cfg, s.adapters["B"])
         if foreach:
             trainer.optimizer = torch.optim.AdamW(trainer.optimizer.param_groups, foreach=True)
@@ -269,8 +373,15 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
         for p in trainer.params:  # AdamW's state, as a first step makes it
             p.grad = torch.zeros_like(p)
         trainer._update()
-        tracker = _memtracker(s.model, trainer.optimizer) if memtracker else LiveMemory(s.model, trainer.optimizer)
-        recorder = OpRecorder()
+        if memtracker:
+            tracker = (_fsdp_memtracker if fsdp else _memtracker)(s.model, trainer.optimizer)
+        else:
+            tracker = LiveMemory(s.model, trainer.optimizer)
+            if buckets is not None:  # DDP's bucket storage, held for the whole run
+                tracker._move(buckets.bytes, "other")
+            if fsdp:
+                stack.enter_context(parallel.fsdp_storage(tracker))
+        counter.listener = recorder.collective
         flop_mode = torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=counters.EXTRA_FLOPS)
         saved = counters.SavedTensors(s.model, keep=False)  # saved for backward, as a measured job counts it
         with tracker, flop_mode, recorder:
@@ -278,11 +389,23 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
                 loss = trainer.loss(batches[0][0])
             tracker.phase, tracker.stage = "temporaries", "backward"  # LiveMemory's; MemTracker tells them itself
             loss.backward()
+            if buckets is not None:
+                buckets.finish()
+            if world > 1:
+                recorder.barrier()
+            if not memtracker:
+                tracker.settle_grads(trainer.params)
             tracker.stage = "optimizer"
             trainer._update()
+        counter.listener = None
+        if buckets is not None:
+            buckets.close()
         if memtracker:
             snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
-            peak, split = int(snap["Total"]), {v: int(snap.get(k, 0)) for k, v in SPLIT.items()}
+            names = FSDP_SPLIT if fsdp else SPLIT
+            peak, split = int(snap["Total"]), {}
+            for k, v in names.items():
+                split[v] = split.get(v, 0) + int(snap.get(k, 0))
             stages = {}
         else:
             tracker.close()
@@ -290,11 +413,15 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
             stages = {k: {"peak": v[0], "batch_bytes": v[1]["activations"] + v[1]["temporaries"]}
                       for k, v in tracker.stages.items()}
         params = counters.param_counts(s.model)
-        weights = counters.weights_bytes(s.model)
-        opt = counters.optimizer_state_bytes(trainer.optimizer)
-        grads = sum(p.numel() * p.element_size() for p in s.model.parameters() if p.requires_grad)
+        local = [_local(p) for p in s.model.parameters()]
+        weights = sum(counters.stored_bytes(p) for p in local)
+        opt = sum(_local(v).numel() * _local(v).element_size() for st in trainer.optimizer.state.values()
+                  for v in st.values() if torch.is_tensor(v))
+        grads = sum(_local(p).numel() * _local(p).element_size() for p in s.model.parameters() if p.requires_grad)
     return FakeStep(peak_bytes=peak, split=split, stages=stages, saved_bytes=saved.bytes,
                     flops=int(flop_mode.get_total_flops()), ops=recorder.ops, params_total=params["total"],
                     params_trainable=params["trainable"], weights_bytes=weights, grads_bytes=grads,
                     optimizer_bytes=opt, plan=s.plan, shape=s.shape, quant=s.quant,
-                    seconds=time.perf_counter() - t0)
+                    seconds=time.perf_counter() - t0, world=world,
+                    comm={k: {"bytes": counter.bytes[k], "calls": counter.calls[k]} for k in counter.bytes},
+                    ddp_bucket_bytes=buckets.bytes if buckets is not None else 0)

@@ -17,8 +17,8 @@ def test_counter_adds_payload_bytes_by_kind_and_resets():
 
 def test_collectives_are_counted_over_the_timed_steps_only():
     c = CommCounter()
-    steps = TimedSteps(c)
-    for i, kind in enumerate(["first", "count", "profile", "warmup", "timed", "timed", "timed"]):
+    steps = TimedSteps(c, 3)
+    for i, kind in enumerate(["first", "count", "profile", "warmup", "timed", "timed", "timed", "eval"]):
         c.add("allreduce", torch.zeros(5 if kind == "timed" else 1000))  # what the step exchanged
         steps(i, kind)
     comm = steps.section()
