@@ -347,6 +347,12 @@ def _check_variants(c: BenchConfig) -> None:
     if p.gpu is not None and c.dist.nproc > 1 and p.devices == 1:
         raise ConfigError("project.devices", f"dist.mode={c.dist.mode} projects onto several GPUs: name how many "
                                              "(project.devices=8)")
+    if p.link is not None or p.devices > 1:
+        from bench.project.links import lookup
+
+        if p.link is not None:
+            lookup(p.link, "project.link")
+        lookup(p.network, "project.network")
     if p.devices > 1 and q.base != "none":
         raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
                                         "(project.devices=1)")

@@ -166,6 +166,22 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _ranks_line(head: str, pr) -> str:
+    """A data-parallel projection: one rank's memory split, then per device the step's three parts."""
+    gib = 2**30
+    how = f"{pr.mode}" + (f", {'ZeRO-3' if pr.shard == 'full' else 'ZeRO-2'} ({pr.shard})" if pr.shard else "")
+    split = ", ".join(f"{k} {v / gib:.2f}" for k, v in pr.split.items() if v)
+    sent = ", ".join(f"{k} {v['bytes'] / 1e9:.2f} GB in {v['calls']}" for k, v in sorted(pr.collectives.items()))
+    lines = [f"{head}: PROJECTED, not measured: rank 0 of {pr.ranks} ({how}); per rank: peak {pr.peak_bytes / gib:.2f} "
+             f"GiB ({split}); collectives per step: {sent or 'none'} ({pr.seconds:.0f} s to project)"]
+    for d in pr.devices:
+        lines.append(f"    {d.device}, {d.link}: step {d.step_ms:.1f} ms = compute {d.busy_ms:.1f} + host "
+                     f"{d.host_wait_ms:.1f} + exposed communication {d.exposed_comm_ms:.1f} "
+                     f"({d.exposed_comm_ms / d.step_ms:.0%}); link busy {d.comm_ms:.1f} ms; {d.bound}-bound; reserve "
+                     f"{d.reserved_bytes / gib:.1f} of {d.memory_bytes / gib:.0f} GiB{'' if d.fits else ' (does not fit)'}")
+    return "\n".join(lines)
+
+
 def summary_line(rec: Record) -> str:
     """The one line a job prints when it ends."""
     i = rec.identity
@@ -176,6 +192,8 @@ def summary_line(rec: Record) -> str:
         pr = rec.projection
         each = "; ".join(f"{d.device} {d.step_ms:.1f} ms ({d.bound}-bound), reserve {d.reserved_bytes / 2**30:.1f} of "
                          f"{d.memory_bytes / 2**30:.0f} GiB{'' if d.fits else ' (does not fit)'}" for d in pr.devices)
+        if pr.ranks > 1:
+            return _ranks_line(head, pr)
         return (f"{head}: PROJECTED, not measured: peak {pr.peak_bytes / 2**30:.2f} GiB, "
                 f"{pr.flops_per_step / 1e12:.2f} TFLOP per step; {each} ({pr.seconds:.0f} s to project)")
     t, m, p, loss = rec.time, rec.memory, rec.params, rec.loss

@@ -249,6 +249,11 @@ def cli() -> None:
 
         print(listing())
         sys.exit(0)
+    if "project.link=list" in sys.argv[1:]:  # the links, each with its bus bandwidth's source
+        from bench.project.links import listing as links
+
+        print(links())
+        sys.exit(0)
     sys.argv[1:] = expand_repeats(sys.argv[1:])
     preflight(sys.argv[1:])
     _skip_batch_validation()

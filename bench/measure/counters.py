@@ -67,9 +67,10 @@ def hold(tensors) -> None:
 class SavedTensors:
     """Counts the bytes autograd saves for backward while active (and what `hold` is told of)."""
 
-    def __init__(self, model: nn.Module, keep: bool = True):
+    def __init__(self, model: nn.Module, keep: bool = True, is_param=None):
         # A sharded (FSDP) parameter is a DTensor: its own storage is that of its local shard.
         self._params = {_ptr(getattr(p, "_local_tensor", p)) for p in model.parameters()}
+        self._is_param = is_param  # storage id -> whether it holds parameters (FSDP's gathered ones)
         self._seen: dict[int, int] = {}
         # keep: hold every counted storage, so that none is freed and its identity reused by another
         # inside the step (two storages would count as one). A projection counts without holding (its
@@ -86,7 +87,7 @@ class SavedTensors:
             ptr = storage._cdata
         except (RuntimeError, NotImplementedError):  # tensor subclasses without storage (a 4-bit weight)
             return t
-        if storage.nbytes() and ptr not in self._params:
+        if storage.nbytes() and ptr not in self._params and not (self._is_param and self._is_param(ptr)):
             # Holding the storage keeps its address from being reused by another tensor
             # inside this step, which would make two storages count as one.
             if ptr not in self._seen:

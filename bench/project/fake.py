@@ -383,7 +383,9 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                 stack.enter_context(parallel.fsdp_storage(tracker))
         counter.listener = recorder.collective
         flop_mode = torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=counters.EXTRA_FLOPS)
-        saved = counters.SavedTensors(s.model, keep=False)  # saved for backward, as a measured job counts it
+        # saved for backward, as a measured job counts it; FSDP's gathered weights are parameters
+        gathered = (lambda ptr: tracker.live.get(ptr, (0, ""))[1] == "parameters") if fsdp and not memtracker else None
+        saved = counters.SavedTensors(s.model, keep=False, is_param=gathered)
         with tracker, flop_mode, recorder:
             with saved.active():
                 loss = trainer.loss(batches[0][0])

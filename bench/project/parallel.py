@@ -116,10 +116,19 @@ def fsdp_storage(memory):
         free(t)
         memory.resized(t)
 
+    init = _fsdp_param.FSDPParam.init_all_gather_outputs
+
+    def counted_init(self, *args, **kwargs):  # created by torch.empty: parameters, not the phase's
+        init(self, *args, **kwargs)
+        for t in self.all_gather_outputs:
+            memory.resized(t)
+
     _fsdp_param.alloc_storage = _fsdp_param_group.alloc_storage = counted_alloc
     _fsdp_param.free_storage = counted_free
+    _fsdp_param.FSDPParam.init_all_gather_outputs = counted_init
     try:
         yield
     finally:
         _fsdp_param.alloc_storage = _fsdp_param_group.alloc_storage = alloc
         _fsdp_param.free_storage = free
+        _fsdp_param.FSDPParam.init_all_gather_outputs = init

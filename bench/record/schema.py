@@ -214,8 +214,14 @@ class DeviceProjection:
     idle_fraction: float
     bound: str                  # host | device
     kernels: int
-    host_op_us: float           # the host's cost per operation (this machine's calibration)
+    host_op_us: float           # the host's cost per operation (Projection.host_calibration says whence)
     launch_us: float            # a kernel launch's, on top
+    host_wait_ms: Optional[float] = None     # the step's three parts: compute (busy_ms), the device waiting
+    exposed_comm_ms: Optional[float] = None  # for the host, and waiting for a collective
+    comm_ms: Optional[float] = None          # the link busy (overlapped or not)
+    comm_ms_by_kind: dict = field(default_factory=dict)
+    link: Optional[str] = None               # what the ranks' ring crosses (bench/project/links.py)
+    link_source: Optional[str] = None
 
 
 @dataclass
@@ -235,6 +241,12 @@ class Projection:
     seconds: float              # how long the projection took here
     devices: list[DeviceProjection] = field(default_factory=list)
     stages: dict = field(default_factory=dict)  # forward | backward | optimizer -> {peak, batch_bytes}
+    ranks: int = 1              # data-parallel ranks; every byte figure above is one rank's (rank 0)
+    mode: Optional[str] = None  # ddp | fsdp
+    shard: Optional[str] = None  # fsdp: full (ZeRO-3) | grad_op (ZeRO-2)
+    nodes: int = 1
+    collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step
+    ddp_bucket_bytes: int = 0   # DDP's gradient buckets, held beside the gradients (in the peak's `other`)
 
 
 @dataclass

@@ -13,7 +13,16 @@ import pandas as pd
 from bench.report.load import strategy_label, variant_suffix
 
 GIB = 2 ** 30
-GROUP = ["model", "batch_size", "seq_len", "precision"]
+GROUP = ["model", "batch_size", "seq_len", "precision", "ranks", "parallel"]
+KIND = {"allreduce": "all-reduce", "allgather": "all-gather", "reducescatter": "reduce-scatter"}
+
+
+def _parallel(p: dict) -> str:
+    if p.get("ranks", 1) <= 1:
+        return "one device"
+    how = p["mode"].upper() + (f" ({'ZeRO-3' if p['shard'] == 'full' else 'ZeRO-2'}, shard={p['shard']})"
+                               if p.get("shard") else "")
+    return f"{p['ranks']} ranks, {how}" + (f", {p['nodes']} nodes" if p.get("nodes", 1) > 1 else "")
 
 
 def rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -28,14 +37,43 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
                                                                                    p["split"].items()},
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
-                        "saved": p["activations_bytes"], **d})
+                        "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p),
+                        "collectives": p.get("collectives") or {}, "tokens": r.batch_size * r.seq_len, **d})
     return pd.DataFrame(out)
+
+
+def _gb(c: dict, kind: str) -> float:
+    return (c.get(kind) or {}).get("bytes", 0) / 1e9
+
+
+def communication(r: pd.Series, full: pd.Series | None) -> str:
+    """What the ranks exchange, and what LoRA changes of it: the data-parallel sentence."""
+    c = r.collectives
+    parts = []
+    if "allgather" in c:
+        same = full is not None and abs(_gb(full.collectives, "allgather") - _gb(c, "allgather")) < 0.05 * _gb(c, "allgather")
+        parts.append(f"FSDP all-gathers {_gb(c, 'allgather'):.1f} GB of weights per step per rank"
+                     + (", frozen or not: the same on full fine-tuning" if same and not r.plain_full else ""))
+    for kind in ("reducescatter", "allreduce"):
+        if kind not in c and (full is None or kind not in full.collectives):
+            continue
+        if full is not None and not r.plain_full:
+            parts.append(f"LoRA removes {_gb(full.collectives, kind) - _gb(c, kind):.1f} GB of full fine-tuning's "
+                         f"{_gb(full.collectives, kind):.1f} GB {KIND[kind]} of gradients")
+        else:
+            parts.append(f"{KIND[kind]} {_gb(c, kind):.1f} GB of gradients")
+    share = r.exposed_comm_ms / r.step_ms if r.step_ms else 0.0
+    parts.append(f"the link ({r.link}) busy {r.comm_ms:.1f} ms, of which {r.exposed_comm_ms:.1f} ms exposed: "
+                 f"{share:.0%} of the step")
+    return "; ".join(parts)
 
 
 def _why(r: pd.Series, full: pd.Series) -> str:
     ratio = r.step_ms / full.step_ms
     word = "slower" if ratio > 1 else "faster"
-    if r.bound == "host":
+    if r.bound == "communication":
+        cause = f"communication-bound: {communication(r, full)}"
+    elif r.bound == "host":
         cause = (f"host-bound: the GPU idles {r.idle_fraction:.0%} of the step while the host issues "
                  f"{r.kernels:,} kernels ({r.ops:,} operations at {r.host_op_us:.1f} + {r.launch_us:.1f} us)")
     else:
@@ -59,14 +97,16 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                            ("p", "Each configuration's step ran on fake tensors (bench/project/fake.py): its peak memory "
                                  "by category is PyTorch's MemTracker's, its time a roofline per operation (FLOPs over "
                                  "the device's peak, bytes over its bandwidth) on a device timeline fed by a host that "
-                                 "issues every operation at this machine's calibrated cost plus a kernel launch "
-                                 "(bench/project/timeline.py). reserve: the modelled allocator reserve, 1.1 x the peak "
+                                 "issues every operation at a fixed cost plus a kernel launch "
+                                 "(bench/project/timeline.py); with several ranks, rank 0 under a fake process group, "
+                                 "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator reserve, 1.1 x the peak "
                                  "+ 0.5 GiB of CUDA context (assumed, bench/project/job.py). Nothing here was measured "
                                  "on the device; docs/projection.md says how far it is trusted.")]
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):
-        model, batch, seq, precision = key
-        blocks.append(("h3", f"Projected: {model}, batch {batch} x seq {seq}, {precision} autocast, "
-                             f"{g.dtype.iloc[0]} parameters"))
+        model, batch, seq, precision, ranks, parallel = key
+        per = " per rank" if ranks > 1 else ""
+        blocks.append(("h3", f"Projected: {model}, batch {batch} x seq {seq}{per}, {precision} autocast, "
+                             f"{g.dtype.iloc[0]} parameters, {parallel}"))
         table = []
         lines = []
         for device, dg in g.groupby("device", sort=False):
@@ -82,13 +122,21 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                               "vs full": "" if full is None else f"{r.step_ms / full.step_ms:.2f}x",
                               "bound": r.bound, "GPU idle": f"{r.idle_fraction:.0%}",
                               "compute ms": f"{r.compute_ms:.1f}", "memory ms": f"{r.memory_ms:.1f}",
-                              "kernels": f"{r.kernels:,}"})
+                              "kernels": f"{r.kernels:,}",
+                              "tokens/s": f"{r.tokens * ranks / (r.step_ms / 1e3):,.0f}",
+                              **({"link": r.link, "link busy ms": f"{r.comm_ms:.1f}",
+                                  "exposed comm ms": f"{r.exposed_comm_ms:.1f}",
+                                  **{f"{KIND[k]} GB": f"{_gb(r.collectives, k):.2f}" for k in KIND
+                                     if k in r.collectives}} if ranks > 1 else {})})
             fit = dg[dg.fits]
             lines.append(f"{device} ({dg.memory_bytes.iloc[0] / GIB:.0f} GiB): fits at batch {batch}: "
                          + (", ".join(fit.configuration) if not fit.empty else "none") + "; "
                          + "; ".join(_fit(r) for _, r in dg.iterrows() if not r.fits))
             if full is not None:
                 lines += [_why(r, full) for _, r in dg.iterrows() if not r.plain_full and r.step_ms > full.step_ms]
+            if ranks > 1:
+                lines += [f"{r.configuration} on {device}, {parallel}: {communication(r, full)}"
+                          for _, r in dg.iterrows()]
         split = g.drop_duplicates("configuration")
         blocks += [("table", pd.DataFrame(table)),
                    ("table", pd.DataFrame({"configuration": split.configuration,

@@ -45,16 +45,39 @@ def test_ddp_all_reduces_four_bytes_per_trainable_parameter(jobs, strategy):
 
 
 def test_fsdp_gathers_the_frozen_weights_too_and_scatters_only_trainable_gradients(jobs):
+    from tests.conftest import built
+    from tests.project.test_parallel import fsdp_closed_form
+
     full, lora = jobs[("fsdp", "full")].comm, jobs[("fsdp", "lora_all")].comm
     assert full.allreduce_bytes_per_step == 0
     assert lora.allgather_bytes_per_step == pytest.approx(full.allgather_bytes_per_step, rel=0.10)
     assert 0 < lora.reducescatter_bytes_per_step < full.reducescatter_bytes_per_step / 10
-    # Each unit's parameters are gathered for forward and again for backward (3 units, 6 calls);
-    # FSDP pads each rank's shard, so a little more than twice the parameters travel.
-    params = jobs[("fsdp", "full")].params.total
-    assert full.allgather_calls_per_step == 6 and full.reducescatter_calls_per_step == 3
-    assert 2 * 4 * params <= full.allgather_bytes_per_step <= 2 * 4 * params * 1.15
-    assert full.reducescatter_bytes_per_step == 4 * params  # every gradient once, unpadded
+    # Each block's parameters are gathered for forward and again for backward, the root's once (FSDP2
+    # keeps the root's from forward): 2 blocks and the root, 5 calls; shards padded to equal rows.
+    for strategy, comm in (("full", full), ("lora_all", lora)):
+        _, s = built(*[o for o in TWO if o.startswith(("model", "lora", "train.batch", "train.seq"))], f"strategy={strategy}")
+        closed = fsdp_closed_form(s.model, 2)
+        assert (comm.allgather_bytes_per_step, comm.allgather_calls_per_step) == \
+            (closed["allgather"]["bytes"], closed["allgather"]["calls"])
+        assert (comm.reducescatter_bytes_per_step, comm.reducescatter_calls_per_step) == \
+            (closed["reducescatter"]["bytes"], closed["reducescatter"]["calls"])
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["full", "lora_all"])
+def test_projected_collectives_equal_the_measured_ones(jobs, mode, strategy):
+    """The projection of the same job onto 2 ranks (fake tensors, fake process group) hands every
+    collective the payload that gloo's two real ranks were handed, call for call."""
+    from bench.config import load_config
+    from bench.project.fake import fake_step
+
+    cfg = load_config(compose_cfg([*TWO, f"dist.mode={mode}", f"strategy={strategy}", "project.gpu=H100",
+                                   "project.devices=2"]))
+    projected = fake_step(cfg, foreach=True, world=2).comm
+    measured = jobs[(mode, strategy)].comm
+    got = {k: {"bytes": getattr(measured, f"{k}_bytes_per_step"), "calls": getattr(measured, f"{k}_calls_per_step")}
+           for k in ("allreduce", "allgather", "reducescatter") if getattr(measured, f"{k}_calls_per_step")}
+    assert projected == got
 
 
 def test_a_step_is_the_slowest_ranks_and_memory_is_per_rank(jobs, dist_dir):

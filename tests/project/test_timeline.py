@@ -31,3 +31,49 @@ def test_views_cost_the_host_only_and_a_cpu_adds_everything_serially():
     assert t.kernels == 1 and t.host_s == pytest.approx(3e-6)
     s = project_time(ops, DEV, host_op_s=1e-6, serial=True)
     assert s.step_s == pytest.approx(3e-6 + 1e8 / 1e11)  # fp32 is priced at the fp32 peak
+
+
+# --- data-parallel ranks: the communication stream --------------------------------------------------
+
+def _fabric(busbw=1e9, latency=0.0, ranks=2):
+    from bench.project.links import Fabric, Link
+
+    return Fabric(ranks, 1, Link("test", busbw, latency, "test"), None)
+
+
+def test_a_collective_costs_latency_plus_the_ring_factor_over_bus_bandwidth():
+    from bench.project.links import LINKS, fabric
+
+    f = _fabric(busbw=1e9, latency=10e-6, ranks=8)
+    assert f.seconds("allreduce", 8e6) == pytest.approx(10e-6 + 2 * 7 / 8 * 8e6 / 1e9)
+    assert f.seconds("allgather", 8e6) == pytest.approx(10e-6 + 7 / 8 * 8e6 / 1e9)
+    assert f.seconds("reducescatter", 8e6) == f.seconds("allgather", 8e6)
+    assert _fabric(ranks=1).seconds("allreduce", 1e9) == 0.0
+    # across nodes the ring runs at the slower of the node's link and the network
+    two = fabric("H100", 16, 2, None, "IB-NDR")
+    assert two.bus_bandwidth == min(LINKS["NVLink4"].bus_bandwidth, LINKS["IB-NDR"].bus_bandwidth)
+    assert fabric("RTX4090", 2, 1, None, "IB-NDR").link.name == "PCIe4"
+    assert fabric("RTX4090", 2, 1, "NVLink3", "IB-NDR").link.name == "NVLink3"
+
+
+def test_an_all_gather_issued_ahead_overlaps_the_compute_before_its_reader():
+    # the host issues a gather (1 ms on the link) then two 2 ms kernels, the second reading the gather
+    ops = [Op("allgather", 0, int(1e6), False, "bf16", collective="allgather"),
+           Op("aten::mm", int(2e9), 0, True, "bf16"), Op("aten::mm", int(2e9), 0, True, "bf16", waits=0)]
+    t = project_time(ops, DEV, host_op_s=0.0, fabric=_fabric(busbw=2e9))  # 2 ranks: 1e6 x 1/2 / 2e9 = 0.25 ms
+    assert t.comm_s == pytest.approx(0.25e-3) and t.comm_wait_s == 0.0  # hidden behind the first kernel
+    assert t.step_s == pytest.approx(t.busy_s + t.host_wait_s)
+
+
+def test_a_gather_read_at_once_is_exposed_and_the_step_splits_into_its_three_parts():
+    ops = [Op("allgather", 0, int(8e6), False, "bf16", collective="allgather"),
+           Op("aten::mm", int(1e9), 0, True, "bf16", waits=0),
+           Op("reducescatter", 0, int(8e6), False, "bf16", collective="reducescatter"),
+           Op("wait", 0, 0, False, "fp32", barrier=True), Op("aten::add", 0, 1000, True, "fp32")]
+    t = project_time(ops, DEV, host_op_s=1e-6, fabric=_fabric(busbw=1e9))  # each collective: 4 ms
+    # host: gather issued at 2 us, its 4 ms run, the mm waits for it; the scatter starts at its issue
+    # (after the gather) and the barrier waits for its end
+    assert t.comm_s == pytest.approx(8e-3)
+    assert t.step_s == pytest.approx(t.busy_s + t.host_wait_s + t.comm_wait_s)
+    assert t.comm_wait_s == pytest.approx(4e-3 - 4e-6 + (4e-3 - 1e-3), rel=1e-3) and t.bound == "communication"
+    assert t.comm_by_kind == {"allgather": pytest.approx(4e-3), "reducescatter": pytest.approx(4e-3)}
