@@ -14,20 +14,12 @@ from typing import Any, Mapping, Optional
 from bench.coerce import ConfigError, build as _build
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-INITS = ("A", "B", "gaussian")
+PRECISIONS, DEVICES, INITS = ("fp32", "bf16", "fp16"), ("auto", "cpu", "cuda"), ("A", "B", "gaussian")
 DATA_KINDS = ("random", "markov", "jsonl")
-
-
-MODEL_KINDS = ("native", "hf_llama", "hf")
-BACKENDS = ("native", "peft")
-IMPLS = ("eager", "fused")
-DIST_MODES = ("ddp", "fsdp")
-SHARDS = ("full", "grad_op")
+MODEL_KINDS, BACKENDS, IMPLS = ("native", "hf_llama", "hf"), ("native", "peft"), ("eager", "fused")
+DIST_MODES, SHARDS = ("ddp", "fsdp"), ("full", "grad_op")
 OUT_OF_SCOPE = {"tp": "tensor", "tensor": "tensor", "pp": "pipeline", "pipeline": "pipeline"}
-QUANT_BASES = ("none", "nf4")               # room for int8
-QUANT_SCOPES = ("adapted", "frozen")
+QUANT_BASES, QUANT_SCOPES = ("none", "nf4"), ("adapted", "frozen")  # room for int8
 CHECKPOINTING = ("none", "blocks", "selective")
 
 
@@ -332,30 +324,9 @@ def _check_variants(c: BenchConfig) -> None:
                                             "(dist.nproc=1)")
         if q.block_size % 2:
             raise ConfigError("quant.block_size", f"must be even (two 4-bit codes per byte), got {q.block_size}")
+    from bench.project.checks import check_project
+    check_project(c)
     p = c.project
-    _one_of("project.dtype", p.dtype, ("fp32", "bf16"))
-    if p.host_op_us is not None:
-        _positive("project.host_op_us", p.host_op_us)
-    if p.gpu is not None and not p.gpu:
-        raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
-    _positive("project.devices", p.devices)
-    _positive("project.nodes", p.nodes)
-    if p.devices % p.nodes:
-        raise ConfigError("project.nodes", f"{p.devices} devices do not split evenly over {p.nodes} nodes")
-    if p.devices > 1 and p.gpu is None:
-        raise ConfigError("project.devices", "is a projection's; name the GPUs too (project.gpu=H100)")
-    if p.gpu is not None and c.dist.nproc > 1 and p.devices == 1:
-        raise ConfigError("project.devices", f"dist.mode={c.dist.mode} projects onto several GPUs: name how many "
-                                             "(project.devices=8)")
-    if p.link is not None or p.devices > 1:
-        from bench.project.links import lookup
-
-        if p.link is not None:
-            lookup(p.link, "project.link")
-        lookup(p.network, "project.network")
-    if p.devices > 1 and q.base != "none":
-        raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
-                                        "(project.devices=1)")
     if r.dora:
         if r.impl == "fused":
             raise ConfigError("lora.dora", "the fused layer has no DoRA path; DoRA runs with lora.impl=eager")

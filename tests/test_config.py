@@ -41,25 +41,3 @@ def test_unknown_and_missing_keys():
     del node["train"]["stepz"], node["train"]["lr"]
     with pytest.raises(ConfigError, match="train.lr: missing"):
         load_config(node)
-
-
-@pytest.mark.parametrize("overrides, key, says", [
-    (["dist.mode=tp"], "dist.mode", "tensor parallelism is out of scope"),
-    (["dist.mode=pp"], "dist.mode", "pipeline parallelism is out of scope"),
-    (["dist.shard=zero3"], "dist.shard", "not one of full, grad_op"),
-    (["project.devices=8"], "project.devices", "name the GPUs too"),
-    (["parallel=fsdp", "project.gpu=H100"], "project.devices", "name how many"),
-    (["project.gpu=H100", "project.devices=6", "project.nodes=4"], "project.nodes", "do not split evenly"),
-    (["project.gpu=H100", "project.devices=2", "strategy=lora_all", "quant.base=nf4"], "quant.base", "across ranks"),
-])
-def test_what_a_data_parallel_projection_cannot_be_is_refused_in_one_line(cfg_of, overrides, key, says):
-    with pytest.raises(ConfigError) as e:
-        cfg_of(*overrides)
-    assert e.value.key == key and says in str(e.value) and "\n" not in str(e.value)
-
-
-def test_an_unknown_link_is_named(cfg_of):
-    with pytest.raises(ConfigError, match="project.link: 'NVLink9' is not a link the projection knows; one of: NVLink4"):
-        cfg_of("project.gpu=H100", "project.devices=8", "project.link=NVLink9")
-    with pytest.raises(ConfigError, match="project.network: 'IB-XDR' is not a link"):
-        cfg_of("project.gpu=H100", "project.devices=16", "project.nodes=2", "project.network=IB-XDR")

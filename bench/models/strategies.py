@@ -42,6 +42,7 @@ class Strategy:
     train_all: bool = False          # full fine-tuning
     square_only: bool = False        # keep only targets whose weight is square
     head_optional: bool = False      # lora.include_head adds the head to the adapted roles
+    train_blocks: bool = False       # every parameter of the blocks lora.layers names trained, the rest frozen
 
     @property
     def uses_lora(self) -> bool:
@@ -49,6 +50,10 @@ class Strategy:
 
     def ignored_keys(self) -> set[tuple[str, ...]]:
         """Config keys this strategy does not read: two jobs that differ only there measure the same."""
+        if self.train_blocks:  # reads lora.layers only
+            import dataclasses
+
+            return {("lora", f.name) for f in dataclasses.fields(LoraConfig) if f.name != "layers"}
         if not self.uses_lora:
             return {("lora",)}
         return set() if self.head_optional else {("lora", "include_head")}
@@ -70,6 +75,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              adapt=BLOCK_ROLES + ("head",), square_only=True),
     Strategy("lora_last", "LoRA on the model's last linear layer (the output head)", adapt=("head",)),
     Strategy("head_only", "no LoRA: the output head trained at full rank, the rest frozen", train=("head",)),
+    Strategy("freeze", "no LoRA: the blocks lora.layers names trained whole, the rest frozen (LlamaFactory's "
+                       "finetuning_type=freeze; lora.layers=[-3,-2,-1]: its last 3 layers)", train_blocks=True),
 ]}
 
 
@@ -174,6 +181,15 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
     if strategy.train_all:
         set_trainable(model, None)
         return make_plan(strategy, lora, [], ["*"])
+    if strategy.train_blocks:
+        depth = _n_blocks(model)
+        if lora.layers is None or any(not -depth <= i < depth for i in lora.layers):
+            raise ConfigError("lora.layers", f"strategy=freeze trains the blocks lora.layers names, of the model's "
+                                             f"{depth} (e.g. lora.layers=[-3,-2,-1]); got {lora.layers}")
+        keep = {i % depth for i in lora.layers}
+        set_trainable(model, [p for n, p in model.named_parameters() if _block_of(n) in keep])
+        trained = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _block_of(n) in keep]
+        return make_plan(strategy, lora, [], trained)
     adapted = []
     if strategy.uses_lora:
         adapted = select_targets(model, strategy, lora)

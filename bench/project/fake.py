@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -31,17 +30,10 @@ from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 from bench.config import BenchConfig
 from bench.measure import counters
+from bench.project.memory import FSDP_SPLIT, SPLIT, LiveMemory, _local, fsdp_memtracker, memtracker as _memtracker
 
 _EXTRA = {k: shape_wrapper(v) for k, v in counters.EXTRA_FLOPS.items()}
 # MemTracker's names for its categories, as the record names them.
-FSDP_SPLIT = {"Sharded Param": "parameters", "Unsharded Param": "parameters", "Buffer": "buffers",
-              "Sharded Grad": "gradients", "Unsharded Grad": "gradients", "OptState": "optimizer",
-              "Activation": "activations", "Temp": "temporaries", "All Gather": "temporaries",
-              "Reduce Scatter": "temporaries", "Inputs": "other"}
-SPLIT = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Optstate": "optimizer",
-         "Activation": "activations", "Temp": "temporaries", "Other": "other"}
-
-
 @dataclass
 class Op:
     name: str
@@ -74,11 +66,6 @@ def _fake_only(func, out) -> bool:
     """A query FakeTensor itself dispatches (prim.device: 14,529 of a Llama-3.2-3B LoRA step's 21,418
     recorded calls) that eager PyTorch answers without the dispatcher: neither an operation nor a kernel."""
     return func.namespace == "prim" and not isinstance(out, torch.Tensor)
-
-
-def _local(t):
-    """A DTensor's (FSDP's sharded parameters, their gradients and AdamW's state) own shard."""
-    return t._local_tensor if type(t).__name__ == "DTensor" else t
 
 
 def _footprint(t: torch.Tensor) -> int:
@@ -154,125 +141,6 @@ class OpRecorder(TorchDispatchMode):
         return out
 
 
-class LiveMemory(TorchDispatchMode):
-    """Live tensor bytes by category, and their peak. Every storage an operation creates is counted
-    once, in the category of the phase that made it (forward: activations; backward and optimizer:
-    temporaries), until it is freed; a parameter's gradient moves to gradients when it is
-    accumulated. Parameters, buffers and optimizer state exist before the step."""
-
-    def __init__(self, model, optimizer):
-        super().__init__()
-        self.phase = "activations"
-        self.stage = "forward"       # forward | backward | optimizer: each has its own peak
-        self.stages: dict[str, tuple[int, dict]] = {}
-        self.current = dict.fromkeys(SPLIT.values(), 0)
-        self.live: dict[int, tuple[int, str]] = {}
-        self.total = self.peak = 0
-        self.at_peak: dict = dict(self.current)
-        for p in model.parameters():
-            self._fixed(p, "parameters")
-        for b in model.buffers():
-            self._fixed(b, "buffers")
-        for state in optimizer.state.values():
-            for v in state.values():
-                if torch.is_tensor(v):
-                    self._fixed(v, "optimizer")
-        self._hooks = [p.register_post_accumulate_grad_hook(self._grad) for p in model.parameters() if p.requires_grad]
-        self.params = [p for p in model.parameters() if p.requires_grad]
-
-    def _fixed(self, t: torch.Tensor, category: str) -> None:
-        t = _local(t)
-        packed = counters.stored_bytes(t)
-        if packed != t.numel() * t.element_size():  # a 4-bit weight: its codes and scales, held all step
-            self._move(packed, category)
-        elif not self._track(t, category):
-            self._move(packed, category)
-
-    def _move(self, nbytes: int, category: str) -> None:
-        self.current[category] += nbytes
-        self.total += nbytes
-        if self.total > self.peak:
-            self.peak, self.at_peak = self.total, dict(self.current)
-        if self.total > self.stages.get(self.stage, (-1, None))[0]:
-            self.stages[self.stage] = (self.total, dict(self.current))
-
-    def _track(self, t: torch.Tensor, category: str) -> bool:
-        try:
-            st = _local(t).untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return False
-        key = st._cdata
-        if key not in self.live:
-            n = st.nbytes()
-            self.live[key] = (n, category)
-            weakref.finalize(st, self._free, key)
-            self._move(n, category)
-        return True
-
-    def _free(self, key: int) -> None:
-        n, category = self.live.pop(key, (0, None))
-        if category is not None:
-            self.current[category] -= n
-            self.total -= n
-
-    def _grad(self, p: torch.Tensor) -> None:
-        self._recategorize(p.grad, "gradients")
-
-    def _recategorize(self, t: torch.Tensor, category: str) -> None:
-        key = _local(t).untyped_storage()._cdata
-        if key in self.live and self.live[key][1] != category:
-            n, old = self.live[key]
-            self.current[old] -= n
-            self.current[category] += n
-            self.live[key] = (n, category)
-        elif key not in self.live:
-            self._track(t, category)
-
-    def settle_grads(self, params) -> None:
-        """Gradients assigned rather than accumulated (FSDP's sharded ones) are gradients too."""
-        for p in params:
-            if p.grad is not None:
-                self._grad(p)
-
-    def resized(self, t: torch.Tensor) -> None:
-        """A storage resized in place (FSDP's unsharded parameters, allocated and freed per block)."""
-        st = _local(t).untyped_storage()
-        key, n = st._cdata, st.nbytes()
-        if key not in self.live:
-            self._track(t, "parameters")
-            return
-        old, category = self.live[key]
-        self.current[category] -= old
-        self.total -= old
-        self.live[key] = (n, "parameters")
-        self._move(n, "parameters")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self._track(t, self.phase)
-        return out
-
-    def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-
-
-class _NoHook:
-    def remove(self) -> None:
-        pass
-
-
-def _skip_frozen(tracker, model) -> None:
-    """MemTracker hooks every parameter's gradient, and a frozen parameter refuses a hook ("cannot
-    register a hook on a tensor that doesn't require gradient"): mark those as hooked already. They
-    have no gradient to track."""
-    for p in model.parameters():
-        if not p.requires_grad:
-            tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
-
-
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     old = torch.get_default_dtype()
@@ -305,24 +173,6 @@ class FakeStep:
     ddp_bucket_bytes: int = 0
 
 
-def _memtracker(model, optimizer):
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    tracker = MemTracker()
-    _skip_frozen(tracker, model)
-    tracker.track_external(model, optimizer)
-    return tracker
-
-
-def _fsdp_memtracker(model, optimizer):
-    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-
-    tracker = FSDPMemTracker(model, optimizer)
-    _skip_frozen(tracker, model)
-    tracker.track_inputs = lambda inputs: None  # noqa: E731 (the batch is not the module's)
-    return tracker
-
-
 def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool = False,
               foreach: bool = False, world: int = 1) -> FakeStep:
     """Build the job on fake tensors and run its steady-state step, observed. `memtracker`:
@@ -338,43 +188,75 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
         return _fake_step(cfg, batch_size, memtracker, foreach, world)
 
 
-def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, world: int) -> FakeStep:
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+def _peak(tracker, memtracker: bool, fsdp: bool) -> tuple[int, dict, dict]:
+    """The step's peak, its split by category, and LiveMemory's per-stage peaks."""
+    if memtracker:
+        snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
+        split: dict = {}
+        for k, v in (FSDP_SPLIT if fsdp else SPLIT).items():
+            split[v] = split.get(v, 0) + int(snap.get(k, 0))
+        return int(snap["Total"]), split, {}
+    tracker.close()
+    stages = {k: {"peak": v[0], "batch_bytes": v[1]["activations"] + v[1]["temporaries"]}
+              for k, v in tracker.stages.items()}
+    return tracker.peak, tracker.at_peak, stages
 
-    from bench.distributed.comm import CommCounter
+
+def _rank_states(model, optimizer) -> tuple[int, int, int]:
+    """One rank's weights, gradients and optimizer state: a sharded tensor's own shard."""
+    size = lambda t: _local(t).numel() * _local(t).element_size()  # noqa: E731
+    weights = sum(counters.stored_bytes(_local(p)) for p in model.parameters())
+    grads = sum(size(p) for p in model.parameters() if p.requires_grad)
+    opt = sum(size(v) for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
+    return weights, grads, opt
+
+
+def _build(cfg: BenchConfig, dtype, world: int, counter, device_mesh, foreach: bool):
+    """Inside the fake mode: the job as rank 0 builds it, wrapped, with AdamW's state made as a first
+    step makes it. (Setup, Trainer, DDP's buckets or None, the batches.)"""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     from bench.measure.trainer import Trainer
     from bench.models.setup import seed_everything, setup
+    from bench.project import parallel
+
+    cpu = torch.device("cpu")
+    seed_everything(cfg.train.seed)
+    with _default_dtype(dtype):
+        s = setup(cfg, cpu, data_context=unset_fake_temporarily)
+    if device_mesh is not None:
+        from bench.distributed.wrap import wrap
+
+        s.model = wrap(s.model, "fsdp", cpu, counter, world, mesh=device_mesh, zero2=cfg.dist.shard == "grad_op")
+        s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
+    buckets = parallel.DDPBuckets(s.model, counter, world) if world > 1 and device_mesh is None else None
+    trainer = Trainer(s.model, cfg, s.adapters["B"])
+    if foreach:
+        trainer.optimizer = torch.optim.AdamW(trainer.optimizer.param_groups, foreach=True)
+    batches = list(s.train_batches(cfg, 1))
+    for p in trainer.params:  # AdamW's state, as a first step makes it
+        p.grad = torch.zeros_like(p)
+    trainer._update()
+    return s, trainer, buckets, batches
+
+
+def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, world: int) -> FakeStep:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.distributed.comm import CommCounter
     from bench.project import parallel
 
     t0 = time.perf_counter()
     if batch_size is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
-    cpu = torch.device("cpu")
     dtype = torch.bfloat16 if cfg.project.dtype == "bf16" else torch.float32
     fsdp = world > 1 and cfg.dist.mode == "fsdp"
-    ddp = world > 1 and not fsdp
     device_mesh = parallel.mesh(world) if fsdp else None
     counter, recorder = CommCounter(), OpRecorder()
     with FakeTensorMode(allow_non_fake_inputs=True), contextlib.ExitStack() as stack:
-        seed_everything(cfg.train.seed)
-        with _default_dtype(dtype):
-            s = setup(cfg, cpu, data_context=unset_fake_temporarily)
-        if fsdp:
-            from bench.distributed.wrap import wrap
-
-            s.model = wrap(s.model, "fsdp", cpu, counter, world, mesh=device_mesh,
-                           zero2=cfg.dist.shard == "grad_op")
-            s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
-        buckets = parallel.DDPBuckets(s.model, counter, world) if ddp else None
-        trainer = Trainer(s.model, cfg, s.adapters["B"])
-        if foreach:
-            trainer.optimizer = torch.optim.AdamW(trainer.optimizer.param_groups, foreach=True)
-        batches = list(s.train_batches(cfg, 1))
-        for p in trainer.params:  # AdamW's state, as a first step makes it
-            p.grad = torch.zeros_like(p)
-        trainer._update()
+        s, trainer, buckets, batches = _build(cfg, dtype, world, counter, device_mesh, foreach)
         if memtracker:
-            tracker = (_fsdp_memtracker if fsdp else _memtracker)(s.model, trainer.optimizer)
+            tracker = (fsdp_memtracker if fsdp else _memtracker)(s.model, trainer.optimizer)
         else:
             tracker = LiveMemory(s.model, trainer.optimizer)
             if buckets is not None:  # DDP's bucket storage, held for the whole run
@@ -393,7 +275,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
             loss.backward()
             if buckets is not None:
                 buckets.finish()
-            if world > 1:
+            if world > 1:  # DDP's and FSDP's backward ends waiting for their collectives
                 recorder.barrier()
             if not memtracker:
                 tracker.settle_grads(trainer.params)
@@ -402,24 +284,9 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
         counter.listener = None
         if buckets is not None:
             buckets.close()
-        if memtracker:
-            snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
-            names = FSDP_SPLIT if fsdp else SPLIT
-            peak, split = int(snap["Total"]), {}
-            for k, v in names.items():
-                split[v] = split.get(v, 0) + int(snap.get(k, 0))
-            stages = {}
-        else:
-            tracker.close()
-            peak, split = tracker.peak, tracker.at_peak
-            stages = {k: {"peak": v[0], "batch_bytes": v[1]["activations"] + v[1]["temporaries"]}
-                      for k, v in tracker.stages.items()}
+        peak, split, stages = _peak(tracker, memtracker, fsdp)
         params = counters.param_counts(s.model)
-        local = [_local(p) for p in s.model.parameters()]
-        weights = sum(counters.stored_bytes(p) for p in local)
-        opt = sum(_local(v).numel() * _local(v).element_size() for st in trainer.optimizer.state.values()
-                  for v in st.values() if torch.is_tensor(v))
-        grads = sum(_local(p).numel() * _local(p).element_size() for p in s.model.parameters() if p.requires_grad)
+        weights, grads, opt = _rank_states(s.model, trainer.optimizer)
     return FakeStep(peak_bytes=peak, split=split, stages=stages, saved_bytes=saved.bytes,
                     flops=int(flop_mode.get_total_flops()), ops=recorder.ops, params_total=params["total"],
                     params_trainable=params["trainable"], weights_bytes=weights, grads_bytes=grads,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import ConfigError
+from bench.coerce import ConfigError
 
 GB = 1e9
 

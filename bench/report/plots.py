@@ -20,7 +20,7 @@ from bench.report.load import strategy_label  # noqa: E402
 # listed gets grey (tests/test_architecture.py checks that every strategy of the table is here).
 COLOURS = {"full": "#000000", "lora_all": "#E69F00", "lora_qk": "#56B4E9", "lora_last": "#009E73",
            "head_only": "#999999", "lora_qv": "#0072B2", "lora_attn": "#D55E00", "lora_ffn": "#CC79A7",
-           "lora_square": "#8C7A00"}
+           "lora_square": "#8C7A00", "freeze": "#7F3C8D"}
 MIB = 2 ** 20
 
 

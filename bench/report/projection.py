@@ -89,6 +89,23 @@ def _fit(r: pd.Series) -> str:
             f"{'fits' if r.fits else 'does not fit'}{big}")
 
 
+def _row(r: pd.Series, full: pd.Series | None, ranks: int) -> dict:
+    """One configuration on one device: the table's row."""
+    row = {"configuration": r.configuration, "device": r.device,
+           "peak GiB": f"{r.peak / GIB:.2f}", "reserve GiB": f"{r.reserved_bytes / GIB:.2f}",
+           "fits": "yes" if r.fits else "no",
+           "largest batch": "" if r.largest_batch != r.largest_batch or r.largest_batch is None
+           else f"{int(r.largest_batch)}",
+           "step ms": f"{r.step_ms:.1f}", "vs full": "" if full is None else f"{r.step_ms / full.step_ms:.2f}x",
+           "bound": r.bound, "GPU idle": f"{r.idle_fraction:.0%}",
+           "compute ms": f"{r.compute_ms:.1f}", "memory ms": f"{r.memory_ms:.1f}", "kernels": f"{r.kernels:,}",
+           "tokens/s": f"{r.tokens * ranks / (r.step_ms / 1e3):,.0f}"}
+    if ranks > 1:
+        row.update({"link": r.link, "link busy ms": f"{r.comm_ms:.1f}", "exposed comm ms": f"{r.exposed_comm_ms:.1f}",
+                    **{f"{KIND[k]} GB": f"{_gb(r.collectives, k):.2f}" for k in KIND if k in r.collectives}})
+    return row
+
+
 def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
     t = rows(df)
     if t.empty:
@@ -113,21 +130,7 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
             fulls = dg[dg.plain_full]
             full = fulls.iloc[0] if not fulls.empty else None
             for _, r in dg.iterrows():
-                table.append({"configuration": r.configuration, "device": device,
-                              "peak GiB": f"{r.peak / GIB:.2f}", "reserve GiB": f"{r.reserved_bytes / GIB:.2f}",
-                              "fits": "yes" if r.fits else "no",
-                              "largest batch": "" if r.largest_batch != r.largest_batch or r.largest_batch is None
-                              else f"{int(r.largest_batch)}",
-                              "step ms": f"{r.step_ms:.1f}",
-                              "vs full": "" if full is None else f"{r.step_ms / full.step_ms:.2f}x",
-                              "bound": r.bound, "GPU idle": f"{r.idle_fraction:.0%}",
-                              "compute ms": f"{r.compute_ms:.1f}", "memory ms": f"{r.memory_ms:.1f}",
-                              "kernels": f"{r.kernels:,}",
-                              "tokens/s": f"{r.tokens * ranks / (r.step_ms / 1e3):,.0f}",
-                              **({"link": r.link, "link busy ms": f"{r.comm_ms:.1f}",
-                                  "exposed comm ms": f"{r.exposed_comm_ms:.1f}",
-                                  **{f"{KIND[k]} GB": f"{_gb(r.collectives, k):.2f}" for k in KIND
-                                     if k in r.collectives}} if ranks > 1 else {})})
+                table.append(_row(r, full, ranks))
             fit = dg[dg.fits]
             lines.append(f"{device} ({dg.memory_bytes.iloc[0] / GIB:.0f} GiB): fits at batch {batch}: "
                          + (", ".join(fit.configuration) if not fit.empty else "none") + "; "

@@ -32,13 +32,14 @@ def test_the_reserve_and_the_largest_batch_closed_forms():
     assert largest_batch(24 * gib, {}, 4) is None
 
 
-@pytest.mark.parametrize("extra, word", [(["project.gpu=TPUv9"], "TPUv9"), (["project.gpu=H100", "dist.nproc=2"],
-                                                                          "several processes"),
-                                         (["project.gpu=H100", "train.grad_accum=2"], "one micro-batch"),
-                                         (["project.gpu=H100", "lora.backend=peft"], "lora.backend=native")])
-def test_what_cannot_be_projected_is_an_invalid_record(tmp_path, extra, word):
+@pytest.mark.parametrize("extra, key, word", [
+    (["project.gpu=TPUv9"], "project.gpu", "TPUv9"),
+    (["project.gpu=H100", "dist.nproc=2"], "project.devices", "name how many"),
+    (["project.gpu=H100", "train.grad_accum=2"], "project.gpu", "one micro-batch"),
+    (["project.gpu=H100", "lora.backend=peft"], "project.gpu", "lora.backend=native")])
+def test_what_cannot_be_projected_is_an_invalid_record(tmp_path, extra, key, word):
     rec = run_job(compose_cfg([*FAST, "strategy=lora_all", *extra]), tmp_path)
-    assert rec.status == "invalid" and rec.outcome.key == "project.gpu" and word in rec.outcome.reason
+    assert rec.status == "invalid" and rec.outcome.key == key and word in rec.outcome.reason
 
 
 def test_a_local_config_without_weights_is_projected_and_refused_for_measuring(tmp_path):

@@ -1,0 +1,42 @@
+"""The project.* keys (a projection, bench/project/), checked for bench/config.py: each refusal one line."""
+from __future__ import annotations
+
+from bench.coerce import ConfigError
+
+
+def positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def check_project(c) -> None:
+    """`c`: the BenchConfig being validated."""
+    p, q = c.project, c.quant
+    one_of("project.dtype", p.dtype, ("fp32", "bf16"))
+    if p.host_op_us is not None:
+        positive("project.host_op_us", p.host_op_us)
+    if p.gpu is not None and not p.gpu:
+        raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
+    positive("project.devices", p.devices)
+    positive("project.nodes", p.nodes)
+    if p.devices % p.nodes:
+        raise ConfigError("project.nodes", f"{p.devices} devices do not split evenly over {p.nodes} nodes")
+    if p.devices > 1 and p.gpu is None:
+        raise ConfigError("project.devices", "is a projection's; name the GPUs too (project.gpu=H100)")
+    if p.gpu is not None and c.dist.nproc > 1 and p.devices == 1:
+        raise ConfigError("project.devices", f"dist.mode={c.dist.mode} projects onto several GPUs: name how many "
+                                             "(project.devices=8)")
+    if p.link is not None or p.devices > 1:
+        from bench.project.links import lookup
+
+        if p.link is not None:
+            lookup(p.link, "project.link")
+        lookup(p.network, "project.network")
+    if p.devices > 1 and q.base != "none":
+        raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
+                                        "(project.devices=1)")
