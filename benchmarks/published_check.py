@@ -125,6 +125,58 @@ def _err(pred: float, pub: float) -> str:
     return f"{100 * (pred / pub - 1):+.0f}%"
 
 
+OTHERS = ROOT / "results" / "reference" / "published" / "other_runs.json"
+
+
+def project_overrides(overrides: list[str], work: Path, name: str):
+    """A projected record for these bench.run overrides, composed as the command line composes them."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.job import run_job
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        node = compose("config", overrides=[*overrides, "train.eval_batches=1", "train.progress=false"])
+    rec = run_job(node, work / name)
+    if rec.status != "ok":
+        raise SystemExit(f"{name}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
+    return rec.projection
+
+
+def other_row(run: dict, work: Path) -> tuple[str, float, float, str]:
+    """(what is compared, published, PROJECTED, unit) for one row of other_runs.json."""
+    pub = run["published"]
+    p = project_overrides(run["overrides"], work, run["id"])
+    d = p.devices[0]
+    if "peak_allocated_bytes" in pub:
+        return "peak allocated GB per GPU", pub["peak_allocated_bytes"] / 1e9, p.peak_bytes / 1e9, "memory"
+    if "samples_per_s" in pub:
+        batch = next(int(o.split("=")[1]) for o in run["overrides"] if o.startswith("train.batch_size="))
+        return "samples/s, all GPUs", pub["samples_per_s"], p.ranks * batch / (d.step_ms / 1e3), "time"
+    base = project_overrides(run["baseline_overrides"], work, run["id"] + "-baseline")
+    return "LoRA / full step", pub["ratio"], d.step_ms / base.devices[0].step_ms, "ratio"
+
+
+def others(work: Path) -> list[str]:
+    """The table of other_runs.json: every row a check row."""
+    runs = json.loads(OTHERS.read_text())["runs"]
+    lines = ["", f"Other published runs ({OTHERS.relative_to(ROOT)}): every row a check row, no constant fitted to it; "
+                 "what each source does not publish, and the projection assumed, is listed beside it.", "",
+             "| row | source | compared | published | PROJECTED | error | assumed |", "|---|---|---|---|---|---|---|"]
+    errors: dict[str, list[float]] = {"memory": [], "time": [], "ratio": []}
+    for run in runs:
+        what, pub, pred, kind = other_row(run, work)
+        errors[kind].append(abs(pred / pub - 1))
+        src = run["source"].get("url") or f"{run['source']['repo']} {run['source']['path']}"
+        lines.append(f"| {run['id']} | {src} | {what} | {pub:.3g} | {pred:.3g} | {_err(pred, pub)} | "
+                     f"{'; '.join(run['assumed'])} |")
+    lines.append("")
+    for kind, errs in errors.items():
+        if errs:
+            lines.append(f"- Median absolute error of the {kind} rows: {100 * statistics.median(errs):.0f}% over "
+                         f"{len(errs)} rows.")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
@@ -173,6 +225,9 @@ def main(argv: list[str]) -> int:
     lines.append(f"- Median absolute step-time error: check rows {100 * statistics.median(checks):.0f}% over {len(checks)} "
                  f"rows; calibration rows {100 * statistics.median(calib):.0f}% over {len(calib)} ({fitted_to})."
                  if checks and calib else "- Too few rows for a median.")
+    if not args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            lines += others(Path(tmp))
     text = "\n".join(lines)
     print(text)
     if args.out:
