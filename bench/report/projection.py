@@ -6,6 +6,7 @@ tensors and priced with datasheet figures, not from a device. They never enter a
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,22 @@ from bench.report.load import strategy_label, variant_suffix
 GIB = 2 ** 30
 GROUP = ["model", "batch_size", "seq_len", "precision", "ranks", "parallel"]
 KIND = {"allreduce": "all-reduce", "allgather": "all-gather", "reducescatter": "reduce-scatter"}
+
+
+# Written by benchmarks/published_check.py: the projection's error against published GPU runs.
+ERROR = Path(__file__).resolve().parents[2] / "results" / "reference" / "published" / "error.json"
+_KINDS = {"step": "step time", "memory": "peak memory", "ratio": "reported LoRA-to-baseline ratios"}
+
+
+def stated_error(path: Path = ERROR) -> str:
+    """The sentence every projected table carries: its error on published runs no constant was fitted to."""
+    try:
+        err = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "Its error against published GPU runs is not known here (results/reference/published/error.json is absent)."
+    parts = [f"{_KINDS.get(k, k)} {100 * v['median_abs_error']:.0f}% over {v['rows']}" for k, v in err.items()]
+    return ("Stated error, the median absolute error on published check runs (results/reference/published/check.md): "
+            + "; ".join(parts) + ".")
 
 
 def _parallel(p: dict) -> str:
@@ -51,9 +68,9 @@ def communication(r: pd.Series, full: pd.Series | None) -> str:
     c = r.collectives
     parts = []
     if "allgather" in c:
-        same = full is not None and abs(_gb(full.collectives, "allgather") - _gb(c, "allgather")) < 0.05 * _gb(c, "allgather")
         parts.append(f"FSDP all-gathers {_gb(c, 'allgather'):.1f} GB of weights per step per rank"
-                     + (", frozen or not: the same on full fine-tuning" if same and not r.plain_full else ""))
+                     + (f", frozen or not (full fine-tuning: {_gb(full.collectives, 'allgather'):.1f} GB)"
+                        if full is not None and not r.plain_full else ""))
     for kind in ("reducescatter", "allreduce"):
         if kind not in c and (full is None or kind not in full.collectives):
             continue
@@ -118,7 +135,8 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                                  "(bench/project/timeline.py); with several ranks, rank 0 under a fake process group, "
                                  "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator reserve, 1.1 x the peak "
                                  "+ 0.5 GiB of CUDA context (assumed, bench/project/job.py). Nothing here was measured "
-                                 "on the device; docs/projection.md says how far it is trusted.")]
+                                 "on the device; docs/projection.md says how far it is trusted."),
+                           ("p", stated_error())]
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):
         model, batch, seq, precision, ranks, parallel = key
         per = " per rank" if ranks > 1 else ""

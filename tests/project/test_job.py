@@ -67,3 +67,24 @@ def test_a_sweep_projects_each_configuration_once_whatever_its_repeats(tmp_path)
     assert r.stdout.count("PROJECTED, not measured") == 2 and r.stdout.count("[skip]") == 4
     md = (sweep / "report" / "report.md").read_text()
     assert "0 measured records and 2 PROJECTED (not measured) records of 6 job directories" in md
+
+
+def test_a_gpu_projection_does_not_depend_on_the_machine_computing_it(tmp_path, monkeypatch):
+    """The same figures beside a CPU hog: nothing of this machine (its calibration, its load) enters."""
+    import subprocess
+    import sys
+
+    import bench.measure.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("a GPU projection calibrated this CPU"))
+    ov = [*FAST, "strategy=lora_all", "project.gpu=H100", "data=random"]
+    quiet = run_job(compose_cfg(ov), tmp_path / "quiet")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = run_job(compose_cfg(ov), tmp_path / "busy")
+    finally:
+        hog.kill()
+        hog.wait()
+    assert quiet.status == busy.status == "ok"
+    a, b = quiet.projection.devices[0], busy.projection.devices[0]
+    assert (a.step_ms, a.host_op_us, a.bound, a.reserved_bytes) == (b.step_ms, b.host_op_us, b.bound, b.reserved_bytes)

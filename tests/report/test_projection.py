@@ -22,3 +22,27 @@ def test_a_projected_record_never_enters_a_measured_verdict(tmp_path):
     assert "RTX4090" not in head  # every projected figure is under the projection's heading
     projected = md.split("## PROJECTED, not measured")[1]
     assert "| lora_all r=8 | RTX4090 |" in projected and "projected" in projected.lower()
+
+
+def test_every_projected_table_states_its_error_on_published_runs(tmp_path):
+    import json
+
+    from bench.report.projection import stated_error
+
+    path = tmp_path / "error.json"
+    path.write_text(json.dumps({"step": {"median_abs_error": 0.039, "rows": 2},
+                                "memory": {"median_abs_error": 0.084, "rows": 7}}))
+    assert stated_error(path).endswith("step time 4% over 2; peak memory 8% over 7.")
+    assert "not known" in stated_error(tmp_path / "absent.json")
+
+
+def test_a_data_parallel_projection_reports_its_ranks_link_and_communication(tmp_path):
+    for s in ("full", "lora_all"):
+        run_job(compose_cfg([*FAST, f"strategy={s}", "project.gpu=RTX4090", "data=random", "parallel=fsdp",
+                             "project.devices=4"]), tmp_path / "p" / s)
+    md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
+    projected = md.split("## PROJECTED, not measured")[1]
+    assert "4 ranks, FSDP (ZeRO-3, shard=full)" in projected and "4 GPUs per node on PCIe4" in projected
+    assert "exposed comm ms" in projected and "all-gather GB" in projected
+    lora = next(ln for ln in projected.splitlines() if ln.startswith("- lora_all r=8 on RTX4090, 4 ranks"))
+    assert "frozen or not (full fine-tuning: " in lora and "LoRA removes" in lora
