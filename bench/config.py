@@ -138,6 +138,8 @@ class ProjectConfig:
     nodes: int                    # machines the ranks are split over, devices / nodes GPUs each
     link: Optional[str]           # the GPUs' link within a node (bench/project/links.py); null: the device's own
     network: str                  # the link between nodes
+    mean_seq_len: Optional[int]   # variable lengths: the step is timed at this mean, memory at train.seq_len (the longest)
+    train_tokens: Optional[float]  # the report gives the time to train this many tokens
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def check_project(c) -> None:
         if p.link is not None:
             lookup(p.link, "project.link")
         lookup(p.network, "project.network")
+    if p.mean_seq_len is not None and not 0 < p.mean_seq_len <= c.train.seq_len:
+        raise ConfigError("project.mean_seq_len", f"must be in 1..train.seq_len={c.train.seq_len} (the longest "
+                                                  f"sequence), got {p.mean_seq_len}")
+    if p.train_tokens is not None:
+        positive("project.train_tokens", p.train_tokens)
     if p.devices > 1 and q.base != "none":
         raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
                                         "(project.devices=1)")

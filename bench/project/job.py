@@ -17,6 +17,8 @@ holds this to the fake steps of other batches on the same job).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from bench.config import BenchConfig, ConfigError
@@ -83,6 +85,11 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     targets = devices(cfg)
     world = cfg.project.devices
     step = fake_step(cfg, foreach=True, world=world)  # every target is a CUDA device: AdamW's default there
+    timed = step  # lengths that vary: memory at the longest (train.seq_len), time at the mean
+    mean = cfg.project.mean_seq_len
+    if mean is not None and mean != cfg.train.seq_len:
+        timed = fake_step(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seq_len=mean)),
+                          foreach=True, world=world)
     grows = [s["batch_bytes"] for k, s in step.stages.items() if k != "optimizer"]
     per_sample = max(grows) // cfg.train.batch_size if grows else None
     op_s, source = host_op_s(cfg)
@@ -97,7 +104,7 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     out = []
     for d in targets:
         fab = links.fabric(d.name, world, cfg.project.nodes, cfg.project.link, cfg.project.network) if world > 1 else None
-        tl = project_time(step.ops, d, op_s, fabric=fab)
+        tl = project_time(timed.ops, d, op_s, fabric=fab)
         res = reserved(step.peak_bytes)
         out.append(DeviceProjection(
             device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
@@ -113,12 +120,13 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     rec.projection = Projection(
         dtype=cfg.project.dtype, peak_bytes=step.peak_bytes, split=step.split, per_sample_bytes=per_sample,
         stages=step.stages,
-        flops_per_step=step.flops, ops_per_step=len(step.ops), weights_bytes=step.weights_bytes,
+        flops_per_step=timed.flops, ops_per_step=len(timed.ops), weights_bytes=step.weights_bytes,
         grads_bytes=step.grads_bytes, optimizer_state_bytes=step.optimizer_bytes,
         activations_bytes=step.saved_bytes, host_calibration=source,
-        seconds=step.seconds, devices=out, ranks=world, mode=cfg.dist.mode if world > 1 else None,
+        seconds=step.seconds + (timed.seconds if timed is not step else 0.0), devices=out, ranks=world,
+        mean_seq_len=mean, train_tokens=cfg.project.train_tokens, mode=cfg.dist.mode if world > 1 else None,
         shard=cfg.dist.shard if world > 1 and cfg.dist.mode == "fsdp" else None, nodes=cfg.project.nodes,
-        collectives=step.comm, ddp_bucket_bytes=step.ddp_bucket_bytes)
+        collectives=timed.comm, ddp_bucket_bytes=step.ddp_bucket_bytes)
     return "ok"
 
 

@@ -247,6 +247,8 @@ class Projection:
     nodes: int = 1
     collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step
     ddp_bucket_bytes: int = 0   # DDP's gradient buckets, held beside the gradients (in the peak's `other`)
+    mean_seq_len: Optional[int] = None  # the step (and FLOPs, operations) timed at this mean length; memory at the longest
+    train_tokens: Optional[float] = None  # the report's "time to train N tokens"
 
 
 @dataclass

@@ -243,9 +243,10 @@ _SPLIT = ("parameters", "gradients", "optimizer", "activations", "temporaries", 
 
 def projection(g: pd.DataFrame, out: Path, name: str) -> list[Path]:
     """PROJECTED: memory by category per configuration against each device's capacity (left); the
-    step split into arithmetic, memory traffic and device idle, per configuration and device (right)."""
+    step split into its three parts, compute, host and exposed communication, per configuration and
+    device (middle); step time against peak memory, each device's Pareto front drawn (right)."""
     configs = g.drop_duplicates("configuration")
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(18, 4.8))
     bottom = np.zeros(len(configs))
     for i, c in enumerate(_SPLIT):
         v = configs[f"split_{c}"].to_numpy(dtype=float) / 2**30 if f"split_{c}" in configs else np.zeros(len(configs))
@@ -257,15 +258,32 @@ def projection(g: pd.DataFrame, out: Path, name: str) -> list[Path]:
     ax.set_ylabel("GiB at the peak (PROJECTED)")
     ax.legend(fontsize=6)
     labels = [f"{r.configuration} @ {r.device}" for _, r in g.iterrows()]
-    idle = (g.step_ms - g.busy_ms).clip(lower=0)
+    host = g.host_wait_ms.fillna(g.step_ms - g.busy_ms) if "host_wait_ms" in g else g.step_ms - g.busy_ms
+    comm = g.exposed_comm_ms.fillna(0.0) if "exposed_comm_ms" in g else host * 0
     left = np.zeros(len(g))
-    for part, v, colour_ in (("arithmetic", g.compute_ms, "#1f77b4"), ("memory traffic", g.memory_ms, "#ff7f0e"),
-                             ("device idle (host-bound)", idle, "#bbbbbb")):
+    for part, v, colour_ in (("compute (kernels running)", g.busy_ms, "#1f77b4"),
+                             ("host (device waits to be issued)", host.clip(lower=0), "#bbbbbb"),
+                             ("exposed communication", comm, "#d62728")):
         bx.barh(range(len(g)), v, left=left, label=part, color=colour_)
         left += v.to_numpy(dtype=float)
     bx.set_yticks(range(len(g)), labels, fontsize=6)
     bx.set_xlabel("ms per step (PROJECTED)")
     bx.legend(fontsize=6)
+    for k, (device, dg) in enumerate(g.groupby("device", sort=False)):
+        x, y = dg.peak.to_numpy(dtype=float) / 2**30, dg.step_ms.to_numpy(dtype=float)
+        cx.scatter(x, y, marker="osD^v"[k % 5], label=device, color=plt.cm.tab10(k))
+        for xi, yi, c in zip(x, y, dg.configuration):
+            cx.annotate(c, (xi, yi), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        front, best = [], np.inf  # no other configuration both faster and smaller
+        for i in np.argsort(x, kind="stable"):
+            if y[i] < best:
+                front.append(i)
+                best = y[i]
+        cx.plot(x[front], y[front], color=plt.cm.tab10(k), lw=1)
+    cx.set_xlabel("peak GiB (PROJECTED)")
+    cx.set_ylabel("ms per step (PROJECTED)")
+    cx.set_title("Step against memory; lines: each device's Pareto front", fontsize=8)
+    cx.legend(fontsize=6)
     fig.suptitle("PROJECTED, not measured: " + str(g.model.iloc[0]), fontsize=9)
     fig.tight_layout()
     return _save(fig, out, name)

@@ -55,7 +55,9 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                                                                                    p["split"].items()},
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
                         "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p),
-                        "collectives": p.get("collectives") or {}, "tokens": r.batch_size * r.seq_len, **d})
+                        "collectives": p.get("collectives") or {}, "train_tokens": p.get("train_tokens"),
+                        "mean_seq_len": p.get("mean_seq_len"),
+                        "tokens": r.batch_size * (p.get("mean_seq_len") or r.seq_len), **d})
     return pd.DataFrame(out)
 
 
@@ -117,6 +119,8 @@ def _row(r: pd.Series, full: pd.Series | None, ranks: int) -> dict:
            "bound": r.bound, "GPU idle": f"{r.idle_fraction:.0%}",
            "compute ms": f"{r.compute_ms:.1f}", "memory ms": f"{r.memory_ms:.1f}", "kernels": f"{r.kernels:,}",
            "tokens/s": f"{r.tokens * ranks / (r.step_ms / 1e3):,.0f}"}
+    if r.train_tokens == r.train_tokens and r.train_tokens:  # not NaN, not None
+        row[f"hours to {r.train_tokens:.3g} tokens"] = f"{r.train_tokens / (r.tokens * ranks / (r.step_ms / 1e3)) / 3600:,.1f}"
     if ranks > 1:
         row.update({"link": r.link, "link busy ms": f"{r.comm_ms:.1f}", "exposed comm ms": f"{r.exposed_comm_ms:.1f}",
                     **{f"{KIND[k]} GB": f"{_gb(r.collectives, k):.2f}" for k in KIND if k in r.collectives}})
@@ -140,6 +144,8 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):
         model, batch, seq, precision, ranks, parallel = key
         per = " per rank" if ranks > 1 else ""
+        means = sorted({int(m) for m in g.mean_seq_len if m == m and m is not None})
+        seq = f"{seq} (the longest; timed at a mean of {', '.join(map(str, means))})" if means else seq
         blocks.append(("h3", f"Projected: {model}, batch {batch} x seq {seq}{per}, {precision} autocast, "
                              f"{g.dtype.iloc[0]} parameters, {parallel}"))
         table = []

@@ -88,3 +88,13 @@ def test_a_gpu_projection_does_not_depend_on_the_machine_computing_it(tmp_path, 
     assert quiet.status == busy.status == "ok"
     a, b = quiet.projection.devices[0], busy.projection.devices[0]
     assert (a.step_ms, a.host_op_us, a.bound, a.reserved_bytes) == (b.step_ms, b.host_op_us, b.bound, b.reserved_bytes)
+
+
+def test_lengths_that_vary_are_timed_at_their_mean_and_sized_at_their_longest(tmp_path):
+    ov = [*FAST, "strategy=lora_all", "project.gpu=H100", "data=random", "train.seq_len=32"]
+    varied = run_job(compose_cfg([*ov, "project.mean_seq_len=8"]), tmp_path / "varied").projection
+    longest = run_job(compose_cfg(ov), tmp_path / "longest").projection
+    mean = run_job(compose_cfg([*ov[:-1], "train.seq_len=8"]), tmp_path / "mean").projection
+    assert varied.peak_bytes == longest.peak_bytes and varied.devices[0].reserved_bytes == longest.devices[0].reserved_bytes
+    assert varied.devices[0].step_ms == mean.devices[0].step_ms and varied.flops_per_step == mean.flops_per_step
+    assert varied.mean_seq_len == 8
