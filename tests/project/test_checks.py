@@ -13,10 +13,10 @@ from bench.config import ConfigError
     (["parallel=fsdp", "project.gpu=H100"], "project.devices", "name how many"),
     (["project.gpu=H100", "project.devices=6", "project.nodes=4"], "project.nodes", "do not split evenly"),
     (["project.gpu=H100", "project.devices=2", "strategy=lora_all", "quant.base=nf4"], "quant.base", "across ranks"),
-    (["project.gpu=H100", "project.mean_seq_len=100", "train.seq_len=64"], "project.mean_seq_len", "must be in 1..64"),
+    (["project.gpu=H100", "project.mean_seq_len=100", "train.seq_len=64"], "project.mean_seq_len", "must be in 1..train.seq_len=64"),
     (["project.gpu=H100", "project.train_tokens=0"], "project.train_tokens", "must be > 0"),
 ])
-def test_what_a_data_parallel_projection_cannot_be_is_refused_in_one_line(cfg_of, overrides, key, says):
+def test_what_a_projection_cannot_be_is_refused_in_one_line(cfg_of, overrides, key, says):
     with pytest.raises(ConfigError) as e:
         cfg_of(*overrides)
     assert e.value.key == key and says in str(e.value) and "\n" not in str(e.value)
