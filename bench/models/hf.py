@@ -51,13 +51,43 @@ def build_llama(cfg: ModelConfig) -> CausalLM:
     return CausalLM(tf.LlamaForCausalLM(config))
 
 
+def _hub_id(path: str) -> bool:
+    """`org/name`, as the Hugging Face hub names a model, and no such local path."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).exists()
+
+
+def from_hub(path: str, weights: bool) -> CausalLM:
+    """A hub id from the local Hugging Face cache (HF_HUB_CACHE, read at the call), offline: its
+    config.json is all a projection needs; measuring needs its weights there too."""
+    tf = _transformers()
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    try:
+        config = tf.AutoConfig.from_pretrained(path, cache_dir=cache, local_files_only=True)
+    except Exception:  # not cached, or not a model id
+        raise ConfigError("model.path", f"{path!r} is not in the local Hugging Face cache ({cache or 'the default'}); "
+                                        f"fetch its config first: huggingface-cli download {path} config.json") from None
+    if not weights:
+        return CausalLM(tf.AutoModelForCausalLM.from_config(config))
+    try:
+        return CausalLM(tf.AutoModelForCausalLM.from_pretrained(path, cache_dir=cache, local_files_only=True,
+                                                               torch_dtype=torch.float32))
+    except Exception as e:
+        raise ConfigError("model.path", f"{path}: its weights are not in the local cache ({type(e).__name__}); "
+                                        "project it instead (project.gpu=...), which needs its config.json only") from None
+
+
 def load_local(path: str, weights: bool = True) -> CausalLM:
-    """Any local causal-LM checkpoint directory, offline; a one-line ConfigError otherwise.
-    `weights` false (a projection): built from its config.json alone, which is all it needs."""
+    """Any local causal-LM checkpoint directory, or a hub id in the local cache, offline; a one-line
+    ConfigError otherwise. `weights` false (a projection): built from its config.json alone, which
+    is all it needs."""
     tf = _transformers()
     p = Path(path)
+    if not p.is_dir() and _hub_id(path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return from_hub(path, weights)
     if not p.is_dir():
-        raise ConfigError("model.path", f"{path!r} is not a directory")
+        raise ConfigError("model.path", f"{path!r} is not a directory, nor a hub id (org/name)")
     if not (p / "config.json").is_file():
         raise ConfigError("model.path", f"{path!r} holds no config.json: not a Hugging Face model directory")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

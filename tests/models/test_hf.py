@@ -55,3 +55,28 @@ def test_jsonl_uses_the_checkpoints_own_tokenizer(tmp_path):
     rec = run_job(compose_cfg([*FAST, "model=hf", f"model.path={tmp_path / 'm'}", "data=jsonl",
                                f"data.path={data}", "strategy=lora_qk"]), tmp_path / "job")
     assert rec.status == "ok", rec.outcome and rec.outcome.reason
+
+
+def test_a_hub_id_resolves_from_the_local_cache_for_a_projection(tmp_path, monkeypatch):
+    """model=hf model.path=org/name: its config.json from a Hugging Face cache laid out as the hub
+    client lays it out (models--org--name/snapshots/<revision>/, refs/main), offline."""
+    import transformers
+
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=128, vocab_size=256, max_position_embeddings=128)
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    config.save_pretrained(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ov = [*FAST, "model=hf", "strategy=lora_qk", "project.gpu=H100", "data=random"]
+    rec = run_job(compose_cfg([*ov, "model.path=acme/tiny-llama"]), tmp_path / "job")
+    assert rec.status == "ok", rec.outcome and rec.outcome.reason
+    assert rec.kind == "projected" and rec.model_shape.dim == 64 and rec.model_shape.n_layers == 2
+    # the adapters of q (64 -> 64) and k (64 -> 32) at rank 8, in both blocks
+    assert rec.params.trainable == 2 * 8 * ((64 + 64) + (64 + 32))
+    missing = run_job(compose_cfg([*ov, "model.path=acme/not-cached"]), tmp_path / "missing")
+    assert missing.status == "invalid" and "not in the local Hugging Face cache" in missing.outcome.reason
+    assert "huggingface-cli download acme/not-cached config.json" in missing.outcome.reason
+    assert "\n" not in missing.outcome.reason
