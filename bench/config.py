@@ -13,9 +13,8 @@ from typing import Any, Mapping, Optional
 
 from bench.coerce import ConfigError, build as _build
 
-
-PRECISIONS, DEVICES, INITS = ("fp32", "bf16", "fp16"), ("auto", "cpu", "cuda"), ("A", "B", "gaussian")
-DATA_KINDS = ("random", "markov", "jsonl")
+PRECISIONS, DEVICES, INITS, DATA_KINDS = ("fp32", "bf16", "fp16"), ("auto", "cpu", "cuda"), ("A", "B", "gaussian"), \
+    ("random", "markov", "jsonl")
 MODEL_KINDS, BACKENDS, IMPLS = ("native", "hf_llama", "hf"), ("native", "peft"), ("eager", "fused")
 DIST_MODES, SHARDS = ("ddp", "fsdp"), ("full", "grad_op")
 OUT_OF_SCOPE = {"tp": "tensor", "tensor": "tensor", "pp": "pipeline", "pipeline": "pipeline"}
@@ -138,8 +137,8 @@ class ProjectConfig:
     nodes: int                    # machines the ranks are split over, devices / nodes GPUs each
     link: Optional[str]           # the GPUs' link within a node (bench/project/links.py); null: the device's own
     network: str                  # the link between nodes
-    mean_seq_len: Optional[int]   # variable lengths: the step is timed at this mean, memory at train.seq_len (the longest)
-    train_tokens: Optional[float]  # the report gives the time to train this many tokens
+    mean_seq_len: Optional[int]   # lengths that vary: timed at this mean, sized at train.seq_len (bench/project/job.py)
+    train_tokens: Optional[float]  # the report's time to train this many tokens
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,6 @@ def _ranks() -> int:
 
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
-
     OmegaConf.register_new_resolver("ranks", _ranks, replace=True)
 
 

@@ -31,6 +31,9 @@ GRIDS = {
     "variants": (48, 48),          # 3 repeats x 2 cells x (full, lora_all, QLoRA, DoRA) x checkpointing on/off
     "projection": (60, 60),        # PROJECTED: 3 models x 2 batches x 5 configurations x checkpointing on/off
     "projection_88": (5, 5),       # PROJECTED: MiniMind #88's five configurations
+    "projection_91": (4, 4),       # PROJECTED: #88's configurations on 2 x RTX 4090, DDP
+    "projection_664": (2, 2),      # PROJECTED: full and LoRA, roberta-base's sizes, 8 x A100, ZeRO-3
+    "projection_5398": (4, 4),     # PROJECTED: freeze and LoRA, each on 4 and 8 x A100
 }
 
 

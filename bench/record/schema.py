@@ -146,8 +146,7 @@ class Time:
 
 @dataclass
 class Paired:
-    """The job's steps against full fine-tuning's, in turn in one process (bench/measure/paired.py);
-    each pair is a steps.jsonl row of kind `paired`. `skipped`: why no pair was measured."""
+    """Steps in turn with full fine-tuning's in one process (bench/measure/paired.py), rows `paired`; `skipped`: why not."""
     baseline: str = "full"
     pairs: int = 0
     ratio: Optional[float] = None  # median over pairs of own / baseline step time
@@ -212,15 +211,15 @@ class DeviceProjection:
     compute_ms: float
     memory_ms: float
     idle_fraction: float
-    bound: str                  # host | device
+    bound: str                  # device | host | communication: the largest part of the step
     kernels: int
     host_op_us: float           # the host's cost per operation (Projection.host_calibration says whence)
     launch_us: float            # a kernel launch's, on top
-    host_wait_ms: Optional[float] = None     # the step's three parts: compute (busy_ms), the device waiting
-    exposed_comm_ms: Optional[float] = None  # for the host, and waiting for a collective
-    comm_ms: Optional[float] = None          # the link busy (overlapped or not)
+    host_wait_ms: Optional[float] = None     # the step's parts: compute (busy_ms), waiting for the host,
+    exposed_comm_ms: Optional[float] = None  # waiting for a collective
+    comm_ms: Optional[float] = None          # the link busy (overlapped or not), and per kind of collective
     comm_ms_by_kind: dict = field(default_factory=dict)
-    link: Optional[str] = None               # what the ranks' ring crosses (bench/project/links.py)
+    link: Optional[str] = None               # what the ranks' ring crosses (bench/project/links.py), and whence
     link_source: Optional[str] = None
 
 
@@ -242,19 +241,18 @@ class Projection:
     devices: list[DeviceProjection] = field(default_factory=list)
     stages: dict = field(default_factory=dict)  # forward | backward | optimizer -> {peak, batch_bytes}
     ranks: int = 1              # data-parallel ranks; every byte figure above is one rank's (rank 0)
-    mode: Optional[str] = None  # ddp | fsdp
-    shard: Optional[str] = None  # fsdp: full (ZeRO-3) | grad_op (ZeRO-2)
+    mode: Optional[str] = None  # ddp | fsdp; shard: full (ZeRO-3) | grad_op (ZeRO-2); nodes: machines
+    shard: Optional[str] = None
     nodes: int = 1
     collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step
     ddp_bucket_bytes: int = 0   # DDP's gradient buckets, held beside the gradients (in the peak's `other`)
-    mean_seq_len: Optional[int] = None  # the step (and FLOPs, operations) timed at this mean length; memory at the longest
+    mean_seq_len: Optional[int] = None  # timed (FLOPs, operations) at this mean length; memory at the longest
     train_tokens: Optional[float] = None  # the report's "time to train N tokens"
 
 
 @dataclass
 class Attribution:
-    """One untimed profiled step, split by category (bench/measure/attribution.py). The categories
-    other than gpu_idle add up to step_ms; gpu_idle is device time, overlapping them."""
+    """One untimed profiled step by category (bench/measure/attribution.py): all but gpu_idle (device time) add to step_ms."""
     step_ms: float
     categories: dict
     ops: dict
