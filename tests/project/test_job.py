@@ -98,3 +98,18 @@ def test_lengths_that_vary_are_timed_at_their_mean_and_sized_at_their_longest(tm
     assert varied.peak_bytes == longest.peak_bytes and varied.devices[0].reserved_bytes == longest.devices[0].reserved_bytes
     assert varied.devices[0].step_ms == mean.devices[0].step_ms and varied.flops_per_step == mean.flops_per_step
     assert varied.mean_seq_len == 8
+
+
+def test_ranks_over_several_nodes_are_priced_on_the_network(tmp_path):
+    from bench.project.links import LINKS
+
+    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "project.gpu=H100", "data=random", "parallel=ddp",
+                               "project.devices=4", "project.nodes=2"]), tmp_path)
+    p, d = rec.projection, rec.projection.devices[0]
+    assert (p.ranks, p.nodes, p.mode) == (4, 2, "ddp")
+    assert d.link == "2 nodes x 2 GPUs per node on NVLink4, IB-NDR between"
+    ib = LINKS["IB-NDR"]  # slower than NVLink 4: the ring runs at its rate, with its latency
+    allreduce = p.collectives["allreduce"]
+    expected = allreduce["calls"] * ib.latency_s + 2 * 3 / 4 * allreduce["bytes"] / ib.bus_bandwidth
+    assert d.comm_ms == pytest.approx(expected * 1e3)
+    assert d.step_ms == pytest.approx(d.busy_ms + d.host_wait_ms + d.exposed_comm_ms)
