@@ -106,11 +106,16 @@ class OpRecorder(TorchDispatchMode):
         super().__init__()
         self.ops: list[Op] = []
         self.gathered: dict[int, int] = {}  # an all-gather's output storage -> the collective's index
+        self.stage = "forward"              # where in the step a collective is issued
+        self.by_stage: dict[str, dict[str, dict[str, int]]] = {}  # stage -> kind -> {bytes, calls}
 
     def collective(self, kind: str, t: torch.Tensor) -> None:
         """A collective as bench/distributed/comm.py counts it: issued here, its payload `t`."""
         t = _local(t)
         self.ops.append(Op(kind, 0, t.numel() * t.element_size(), False, _DTYPES.get(t.dtype, "fp32"), collective=kind))
+        here = self.by_stage.setdefault(self.stage, {}).setdefault(kind, {"bytes": 0, "calls": 0})
+        here["bytes"] += self.ops[-1].bytes
+        here["calls"] += 1
         if kind == "allgather":  # its output is unsharded parameters: the kernel that reads it first waits
             key = _storage(t)
             if key is not None:
@@ -173,6 +178,7 @@ class FakeStep:
     seconds: float       # how long the projection took on this machine
     world: int = 1       # data-parallel ranks; every figure above is rank 0's
     comm: dict = dataclasses.field(default_factory=dict)  # kind -> {bytes, calls} of the observed step
+    comm_by_stage: dict = dataclasses.field(default_factory=dict)  # forward | backward | optimizer -> the same
     ddp_bucket_bytes: int = 0
 
 
@@ -274,6 +280,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
             with saved.active():
                 loss = trainer.loss(batches[0][0])
             tracker.phase, tracker.stage = "temporaries", "backward"  # LiveMemory's; MemTracker tells them itself
+            recorder.stage = "backward"
             loss.backward()
             if buckets is not None:
                 buckets.finish()
@@ -281,7 +288,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                 recorder.barrier()
             if not memtracker:
                 tracker.settle_grads(trainer.params)
-            tracker.stage = "optimizer"
+            tracker.stage = recorder.stage = "optimizer"
             trainer._update()
         counter.listener = None
         if buckets is not None:
@@ -295,4 +302,5 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                     optimizer_bytes=opt, plan=s.plan, shape=s.shape, quant=s.quant,
                     seconds=time.perf_counter() - t0, world=world,
                     comm={k: {"bytes": counter.bytes[k], "calls": counter.calls[k]} for k in counter.bytes},
+                    comm_by_stage=recorder.by_stage,
                     ddp_bucket_bytes=buckets.bytes if buckets is not None else 0)

@@ -126,7 +126,7 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
         seconds=step.seconds + (timed.seconds if timed is not step else 0.0), devices=out, ranks=world,
         mean_seq_len=mean, train_tokens=cfg.project.train_tokens, mode=cfg.dist.mode if world > 1 else None,
         shard=cfg.dist.shard if world > 1 and cfg.dist.mode == "fsdp" else None, nodes=cfg.project.nodes,
-        collectives=timed.comm, ddp_bucket_bytes=step.ddp_bucket_bytes)
+        collectives=timed.comm, collectives_by_stage=timed.comm_by_stage, ddp_bucket_bytes=step.ddp_bucket_bytes)
     return "ok"
 
 

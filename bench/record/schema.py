@@ -146,7 +146,7 @@ class Time:
 
 @dataclass
 class Paired:
-    """Steps in turn with full fine-tuning's in one process (bench/measure/paired.py), rows `paired`; `skipped`: why not."""
+    """Steps in turn with full fine-tuning's (bench/measure/paired.py), rows `paired`; `skipped`: why not."""
     baseline: str = "full"
     pairs: int = 0
     ratio: Optional[float] = None  # median over pairs of own / baseline step time
@@ -168,8 +168,7 @@ class Loss:
 
 @dataclass
 class Stability:
-    """Was the machine quiet while the job was timed (bench/measure/stability.py)? An unstable job
-    takes no part in a verdict."""
+    """Was the machine quiet while the job was timed (bench/measure/stability.py)? Unstable: in no verdict."""
     unstable: bool
     reason: Optional[str] = None
     steps: int = 0
@@ -244,7 +243,8 @@ class Projection:
     mode: Optional[str] = None  # ddp | fsdp; shard: full (ZeRO-3) | grad_op (ZeRO-2); nodes: machines
     shard: Optional[str] = None
     nodes: int = 1
-    collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step
+    collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step;
+    collectives_by_stage: dict = field(default_factory=dict)  # and where issued: forward | backward | optimizer
     ddp_bucket_bytes: int = 0   # DDP's gradient buckets, held beside the gradients (in the peak's `other`)
     mean_seq_len: Optional[int] = None  # timed (FLOPs, operations) at this mean length; memory at the longest
     train_tokens: Optional[float] = None  # the report's "time to train N tokens"

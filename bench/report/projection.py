@@ -56,6 +56,7 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
                         "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p),
                         "collectives": p.get("collectives") or {}, "train_tokens": p.get("train_tokens"),
+                        "by_stage": p.get("collectives_by_stage") or {},
                         "mean_seq_len": p.get("mean_seq_len"),
                         "tokens": r.batch_size * (p.get("mean_seq_len") or r.seq_len), **d})
     return pd.DataFrame(out)
@@ -70,7 +71,10 @@ def communication(r: pd.Series, full: pd.Series | None) -> str:
     c = r.collectives
     parts = []
     if "allgather" in c:
+        where = ", ".join(f"{stage} {_gb(kinds, 'allgather'):.1f}" for stage, kinds in r.by_stage.items()
+                          if "allgather" in kinds)
         parts.append(f"FSDP all-gathers {_gb(c, 'allgather'):.1f} GB of weights per step per rank"
+                     + (f" ({where})" if where else "")
                      + (f", frozen or not (full fine-tuning: {_gb(full.collectives, 'allgather'):.1f} GB)"
                         if full is not None and not r.plain_full else ""))
     for kind in ("reducescatter", "allreduce"):

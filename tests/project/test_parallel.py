@@ -91,3 +91,12 @@ def test_each_all_gather_is_waited_for_by_the_kernel_that_reads_it(cfg_of):
     assert waiting == gathers  # each read once, after it was issued
     assert all(step.ops.index(next(o for o in step.ops if o.waits == i)) > i for i in gathers)
     assert sum(op.barrier for op in step.ops) == 1  # backward's end waits for the reduce-scatters
+
+
+def test_each_collective_is_filed_where_in_the_step_it_is_issued(cfg_of):
+    step = _step(cfg_of, 4, "parallel=fsdp", "project.devices=4", "strategy=full")
+    by = step.comm_by_stage
+    units = step.comm["allgather"]["calls"] // 2  # blocks; the root is gathered once, in forward
+    assert by["forward"]["allgather"]["calls"] == units + 1 and by["backward"]["allgather"]["calls"] == units
+    assert "reducescatter" not in by["forward"] and by["backward"]["reducescatter"] == step.comm["reducescatter"]
+    assert sum(s[k]["bytes"] for s in by.values() for k in s) == sum(v["bytes"] for v in step.comm.values())
