@@ -42,6 +42,27 @@ def run_cli(args, cwd, timeout=300):
                           text=True, timeout=timeout)
 
 
+def still_running(pids, wait: float = 10.0) -> list[int]:
+    """The pids that are still running (not gone, not zombies) after up to `wait` s. A process may exit
+    between two looks at it (psutil's NoSuchProcess), and a killed one needs a moment on a busy machine."""
+    import time
+
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + wait
+    while True:
+        left = [p for p in pids if running(p)]
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def built(*overrides):
     """The build stage for some overrides, on CPU, seeded: (cfg, Setup)."""
     import torch

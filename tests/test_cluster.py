@@ -67,5 +67,6 @@ def test_ctrl_c_on_a_submitit_local_sweep_leaves_a_record_per_job_and_no_process
     proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert [read_record(tmp_path / str(i) / "metrics.json").status for i in (0, 1)] == ["interrupted"] * 2
-    time.sleep(1)
-    assert [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+    from tests.conftest import still_running
+
+    assert still_running(children) == []

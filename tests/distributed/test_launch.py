@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from bench.job import run_job
@@ -121,8 +120,9 @@ def test_ctrl_c_leaves_no_rank_running(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 130
-    time.sleep(0.5)
-    assert [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+    from tests.conftest import still_running
+
+    assert still_running(pids) == []
     from bench.record.store import read_record
 
     assert read_record(tmp_path / "metrics.json").status == "interrupted"
