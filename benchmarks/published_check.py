@@ -13,8 +13,9 @@ evaluation excluded), allocated = the mean of the per-interval mean allocated af
 Stated limits of the comparison (not of the source): the projection builds lora-bench's native LoRA
 layer, not PEFT's (PEFT is refused under fake tensors: bench/project/job.py); every sequence is
 the mean real length (the source pads each batch to its longest, whose lengths it does not
-publish); and the host's cost per operation is this machine's calibration unless --host-op-us is
-given, so the figures move with this machine's load (issue #25).
+publish); and the host's cost per operation is the projection's fixed GPU host constant
+(bench/project/job.py) unless --host-op-us is given. Rows beyond PEFT's, each a check row, are in
+other_runs.json; the medians of all check rows go to error.json, which every report quotes.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     ap.add_argument("--only", default=None, help="comma-separated row ids")
-    ap.add_argument("--host-op-us", type=float, default=None, help="the host's cost per operation, us (default: this machine's)")
+    ap.add_argument("--host-op-us", type=float, default=None, help="the host's cost per operation, us (default: bench/project/job.py's GPU_HOST_OP_US)")
     ap.add_argument("--fit", action="store_true", help="first fit the achieved fractions on the calibration rows "
                                                        "(writes bench/project/achieved.json)")
     args = ap.parse_args(argv)
