@@ -1,4 +1,5 @@
-"""The project.* keys (a projection, bench/project/), checked for bench/config.py: each refusal one line."""
+"""The project.* keys (a projection, bench/project/), and what data parallelism, measured or projected, cannot
+combine with, checked for bench/config.py: each refusal one line."""
 from __future__ import annotations
 
 from bench.coerce import ConfigError
@@ -42,6 +43,9 @@ def check_project(c) -> None:
                                                   f"sequence), got {p.mean_seq_len}")
     if p.train_tokens is not None:
         positive("project.train_tokens", p.train_tokens)
+    if c.lora.impl == "fused" and c.dist.mode == "fsdp" and (c.dist.nproc > 1 or p.devices > 1):
+        raise ConfigError("lora.impl", "the fused layer keeps a transposed adapter, and FSDP shards only contiguous "
+                                       "parameters; under FSDP use lora.impl=eager")
     if p.devices > 1 and q.base != "none":
         raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
                                         "(project.devices=1)")

@@ -15,6 +15,8 @@ from bench.config import ConfigError
     (["project.gpu=H100", "project.devices=2", "strategy=lora_all", "quant.base=nf4"], "quant.base", "across ranks"),
     (["project.gpu=H100", "project.mean_seq_len=100", "train.seq_len=64"], "project.mean_seq_len", "must be in 1..train.seq_len=64"),
     (["project.gpu=H100", "project.train_tokens=0"], "project.train_tokens", "must be > 0"),
+    (["parallel=fsdp", "project.gpu=H100", "project.devices=2", "lora.impl=fused"], "lora.impl", "under FSDP use"),
+    (["parallel=fsdp", "dist.nproc=2", "lora.impl=fused"], "lora.impl", "under FSDP use"),
 ])
 def test_what_a_projection_cannot_be_is_refused_in_one_line(cfg_of, overrides, key, says):
     with pytest.raises(ConfigError) as e:
