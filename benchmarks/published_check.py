@@ -75,6 +75,7 @@ def project(run: dict, host_op_us: float | None, work: Path) -> dict:
 
 
 GRID = [round(0.20 + 0.01 * i, 2) for i in range(81)]  # achieved fractions tried: 0.20 to 1.00
+RESERVE_GRID = [round(1.00 + 0.01 * i, 2) for i in range(61)]  # the allocator's reserve over the peak: 1.00 to 1.60
 
 
 def _step_s(c, m, host, host_total: float, e_c: float, e_m: float) -> float:
@@ -100,11 +101,13 @@ def fit(runs: list[dict]) -> dict:
 
     ACHIEVED.unlink(missing_ok=True)  # the fit starts from the datasheet peaks
     calib = [r for r in runs if r["role"] == "calibration"]
-    arrays = []
+    arrays, peaks = [], []
     for run in calib:
         cfg = load_config(composed(run, None))
         dev, (op_s, _) = table()[run["setting"]["gpu"]], host_op_s(cfg)
-        kernels = [op for op in fake_step(cfg, foreach=True).ops]
+        step = fake_step(cfg, foreach=True)
+        peaks.append((step.peak_bytes, published(run)["reserved"]))
+        kernels = step.ops
         host = np.cumsum([op_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])
         keep = np.array([op.kernel for op in kernels])
         c = np.array([op.flops / dev.matmul_flops[op.dtype] for op in kernels])[keep]
@@ -113,11 +116,17 @@ def fit(runs: list[dict]) -> dict:
     loss = {(e_c, e_m): sum(np.log(_step_s(c, m, h, total, e_c, e_m) / pub) ** 2 for c, m, h, total, pub in arrays)
             for e_c in GRID for e_m in GRID}
     (e_c, e_m), best = min(loss.items(), key=lambda kv: kv[1])
-    out = {"matmul": e_c, "bandwidth": e_m, "fitted_on": [r["id"] for r in calib],
+    # The allocator's reserve, reserve = factor x peak + CUDA context, against the mean reserved.
+    from bench.project.job import CUDA_CONTEXT
+
+    spread = {f: sum(np.log((f * peak + CUDA_CONTEXT) / pub) ** 2 for peak, pub in peaks) for f in RESERVE_GRID}
+    factor = min(spread, key=spread.get)
+    out = {"matmul": e_c, "bandwidth": e_m, "reserve_factor": factor, "fitted_on": [r["id"] for r in calib],
            "source": f"fitted on {len(calib)} calibration rows of results/reference/published/runs.json by "
                      f"benchmarks/published_check.py --fit, {time.strftime('%Y-%m-%d')}",
            "objective": f"sum of squared log errors of the step time, {best:.4f} at the best point of a "
-                        f"{len(GRID)} x {len(GRID)} grid"}
+                        f"{len(GRID)} x {len(GRID)} grid; of the reserve against the mean reserved, "
+                        f"{spread[factor]:.4f} at the best of {len(RESERVE_GRID)} factors"}
     ACHIEVED.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -158,13 +167,14 @@ def other_row(run: dict, work: Path) -> tuple[str, float, float, str]:
     return run["compared"], pub["ratio"], d.step_ms / base.devices[0].step_ms, "ratio"
 
 
-def others(work: Path, step_errors: list[float]) -> list[str]:
+def others(work: Path, step_errors: list[float], reserve_errors: list[float]) -> list[str]:
     """The table of other_runs.json: every row a check row."""
     runs = json.loads(OTHERS.read_text())["runs"]
     lines = ["", f"Other published runs ({OTHERS.relative_to(ROOT)}): every row a check row, no constant fitted to it; "
                  "what each source does not publish, and the projection assumed, is listed beside it.", "",
              "| row | source | compared | published | PROJECTED | error | assumed |", "|---|---|---|---|---|---|---|"]
-    errors: dict[str, list[float]] = {"step": list(step_errors), "memory": [], "time": [], "ratio": []}
+    errors: dict[str, list[float]] = {"step": list(step_errors), "reserve": list(reserve_errors), "memory": [],
+                                      "time": [], "ratio": []}
     for run in runs:
         what, pub, pred, kind = other_row(run, work)
         errors[kind].append(abs(pred / pub - 1))
@@ -225,13 +235,15 @@ def main(argv: list[str]) -> int:
               if next(r for r in runs if r["id"] == k)["role"] == "check"]
     calib = [abs(pred["ms"] / pub["ms"] - 1) for k, (pub, pred) in got.items()
              if next(r for r in runs if r["id"] == k)["role"] == "calibration"]
+    reserve = [abs(pred["reserved"] / pub["reserved"] - 1) for k, (pub, pred) in got.items()
+               if next(r for r in runs if r["id"] == k)["role"] == "check"]
     fitted_to = "the achieved fractions were fitted to them" if fit_now is not None else "no constant was fitted to them"
     lines.append(f"- Median absolute step-time error: check rows {100 * statistics.median(checks):.0f}% over {len(checks)} "
                  f"rows; calibration rows {100 * statistics.median(calib):.0f}% over {len(calib)} ({fitted_to})."
                  if checks and calib else "- Too few rows for a median.")
     if not args.only:
         with tempfile.TemporaryDirectory() as tmp:
-            lines += others(Path(tmp), step_errors=checks)
+            lines += others(Path(tmp), step_errors=checks, reserve_errors=reserve)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -6,9 +6,10 @@ which devices it was projected. The report keeps it out of every measured verdic
 
 Memory. MemTracker's peak is what the tensors hold. The CUDA caching allocator holds more: it
 rounds blocks and keeps freed ones cached, and the CUDA context takes memory of its own before
-any tensor. Both are modelled, not measured: reserved = RESERVE_FACTOR x peak + CUDA_CONTEXT
-(benchmarks/gpu_check.py records max_memory_reserved against max_memory_allocated on a lent GPU,
-which is how these two constants are to be replaced). A configuration fits when its reserve does.
+any tensor. Both are modelled, not measured: reserved = factor x peak + CUDA_CONTEXT, the factor
+fitted on the published calibration rows' mean reserved (bench/project/achieved.json), or
+RESERVE_FACTOR where none is fitted (benchmarks/gpu_check.py records max_memory_reserved against
+max_memory_allocated on a lent GPU, which is how a GPU of this project's own would check them). A configuration fits when its reserve does.
 The largest batch that fits: the step has a peak per stage (forward, backward, optimizer). The
 forward's and the backward's are taken as affine in the batch, their slope the activations and
 temporaries at that peak per sample (weights, gradients, buffers and optimizer state do not grow
@@ -23,12 +24,12 @@ import torch
 
 from bench.config import BenchConfig, ConfigError
 from bench.project import links
-from bench.project.devices import Device, lookup
+from bench.project.devices import Device, achieved, lookup
 from bench.project.fake import fake_step
 from bench.project.timeline import project_time
 from bench.record.schema import DeviceProjection, Env, ModelShape, Params, Projection, Record
 
-RESERVE_FACTOR = 1.10      # the allocator's rounding and cache over the tensors' own peak (assumed)
+RESERVE_FACTOR = 1.10      # the allocator's rounding and cache over the tensors' own peak, where none is fitted (assumed)
 CUDA_CONTEXT = 512 * 2**20  # the CUDA context and cuBLAS workspace (assumed; typically 0.3-0.6 GiB)
 
 
@@ -36,8 +37,15 @@ def devices(cfg: BenchConfig) -> list[Device]:
     return [lookup(n) for n in cfg.project.gpu]
 
 
+def reserve_factor() -> float:
+    """The allocator's reserve over the peak: fitted on the published calibration rows
+    (bench/project/achieved.json, benchmarks/published_check.py --fit) where it holds one, else assumed."""
+    fit = achieved()
+    return fit.get("reserve_factor", RESERVE_FACTOR) if fit else RESERVE_FACTOR
+
+
 def reserved(peak: int) -> int:
-    return int(RESERVE_FACTOR * peak) + CUDA_CONTEXT
+    return int(reserve_factor() * peak) + CUDA_CONTEXT
 
 
 def peak_at(stages: dict, batch: int, at: int) -> float:

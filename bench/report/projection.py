@@ -20,7 +20,8 @@ KIND = {"allreduce": "all-reduce", "allgather": "all-gather", "reducescatter": "
 
 # Written by benchmarks/published_check.py: the projection's error against published GPU runs.
 ERROR = Path(__file__).resolve().parents[2] / "results" / "reference" / "published" / "error.json"
-_KINDS = {"step": "step time", "memory": "peak memory", "ratio": "reported LoRA-to-baseline ratios"}
+_KINDS = {"step": "step time", "reserve": "allocator reserve", "memory": "peak memory",
+          "ratio": "reported LoRA-to-baseline ratios"}
 
 
 def stated_error(path: Path = ERROR) -> str:
@@ -141,8 +142,9 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                                  "the device's peak, bytes over its bandwidth) on a device timeline fed by a host that "
                                  "issues every operation at a fixed cost plus a kernel launch "
                                  "(bench/project/timeline.py); with several ranks, rank 0 under a fake process group, "
-                                 "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator reserve, 1.1 x the peak "
-                                 "+ 0.5 GiB of CUDA context (assumed, bench/project/job.py). Nothing here was measured "
+                                 "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator "
+                                 "reserve, a factor x the peak + 0.5 GiB of CUDA context (bench/project/job.py: the factor "
+                                 "fitted on published runs' mean reserved, the context assumed). Nothing here was measured "
                                  "on the device; docs/projection.md says how far it is trusted."),
                            ("p", stated_error())]
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from bench.job import run_job
-from bench.project.job import CUDA_CONTEXT, RESERVE_FACTOR, largest_batch, reserved
+from bench.project.job import CUDA_CONTEXT, largest_batch, reserve_factor, reserved
 from tests.conftest import FAST, ROOT, compose_cfg, run_cli
 
 
@@ -21,8 +21,11 @@ def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
     assert p.split["parameters"] > 0 and p.ops_per_step > 0
 
 
-def test_the_reserve_and_the_largest_batch_closed_forms():
-    assert reserved(1000) == int(RESERVE_FACTOR * 1000) + CUDA_CONTEXT
+def test_the_reserve_and_the_largest_batch_closed_forms(monkeypatch):
+    import bench.project.job as job
+
+    assert reserved(1000) == int(reserve_factor() * 1000) + CUDA_CONTEXT
+    monkeypatch.setattr(job, "reserve_factor", lambda: 1.1)
     gib = 2**30
     # measured at batch 4: the forward peaks at 14 GiB with 4 GiB that grow (10 fixed + 1 per sample), the
     # optimizer at 12 GiB; on a 24 GiB card: (24 - 0.5) / 1.1 - 10 = 11.36 -> 11 samples
