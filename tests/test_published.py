@@ -66,3 +66,26 @@ def test_the_fits_vectorised_step_is_the_timelines():
         c = np.array([op.flops / 1e14 for op in ops])[keep]
         m = np.array([op.bytes / 1e12 for op in ops])[keep]
         assert check._step_s(c, m, host[keep], host[-1], e_c, e_m) == pytest.approx(project_time(ops, dev, op_s).step_s, rel=1e-9)
+
+
+OTHERS = json.loads(check.OTHERS.read_text())["runs"]
+
+
+@pytest.mark.parametrize("run", OTHERS, ids=[r["id"] for r in OTHERS])
+def test_every_other_row_is_a_sourced_check_row_that_composes(run, cfg_of):
+    src = run["source"]
+    assert run["role"] == "check" and run["assumed"] and run["setting"]
+    assert src.get("url", "").startswith("https://github.com/") or (src["repo"] and src["path"] and len(src["commit"]) == 40)
+    (kind,) = run["published"]
+    assert kind in ("peak_allocated_bytes", "tokens_per_s_per_gpu", "ratio")
+    assert cfg_of(*run["overrides"]).project.gpu
+    if kind == "ratio":
+        assert run["compared"] and cfg_of(*run["baseline_overrides"]).project.gpu
+
+
+def test_the_other_rows_span_sources_gpus_and_sizes():
+    rows = RUNS + OTHERS
+    sources = {r["source"].get("repo") or r["source"]["url"].split("/issues")[0] for r in rows}
+    assert len(rows) >= 15 and len(sources) >= 4
+    gpus = {o.split("=")[1] for r in OTHERS for o in r["overrides"] if o.startswith("project.gpu=")} | {"L40S"}
+    assert len(gpus) >= 3
