@@ -177,6 +177,10 @@ def test_sigint_at_any_moment_stops_the_sweep_with_a_non_zero_exit(tmp_path):
         sweep = tmp_path / f"s{n}"
         proc = subprocess.Popen([sys.executable, "-m", "bench.run", *SWEEP, "train.steps=200", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if n > 0:  # within the sweep: counted from its start, which a busy machine delays by seconds
+            deadline = time.time() + 60
+            while not sweep.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
         time.sleep(offset)
         if proc.poll() is not None:  # it finished first: nothing to interrupt at this offset
             continue
