@@ -128,6 +128,48 @@ def fit(runs: list[dict]) -> dict:
                         f"{len(GRID)} x {len(GRID)} grid; of the reserve against the mean reserved, "
                         f"{spread[factor]:.4f} at the best of {len(RESERVE_GRID)} factors"}
     ACHIEVED.write_text(json.dumps(out, indent=1) + "\n")
+    out["per_gpu"] = fit_per_gpu()
+    ACHIEVED.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def fit_per_gpu() -> dict:
+    """Each GPU's own matmul fraction, on its calibration rows in other_runs.json (throughput rows), the
+    bandwidth fraction the PEFT rows fitted kept: a GPU without such rows takes the L40S's."""
+    import dataclasses
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import load_config
+    from bench.project import links
+    from bench.project.devices import table
+    from bench.project.fake import fake_step
+    from bench.project.job import host_op_s
+    from bench.project.timeline import project_time
+
+    rows: dict[str, list] = {}
+    for run in (r for r in json.loads(OTHERS.read_text())["runs"] if r["role"] == "calibration"):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = load_config(compose("config", overrides=[*run["overrides"], "train.eval_batches=1"]))
+        p, gpu = cfg.project, cfg.project.gpu[0]
+        fab = links.fabric(gpu, p.devices, p.nodes, p.link, p.network) if p.devices > 1 else None
+        tokens = cfg.train.batch_size * (p.mean_seq_len or cfg.train.seq_len)
+        ops = fake_step(cfg, foreach=True, world=p.devices).ops
+        rows.setdefault(gpu, []).append((ops, table()[gpu], fab, host_op_s(cfg)[0], tokens, run))
+    out = {}
+    for gpu, these in rows.items():
+        def loss(e: float) -> float:
+            return sum(np.log(tokens / project_time(ops, dataclasses.replace(dev, matmul_efficiency=e), op_s,
+                                                    fabric=fab).step_s / run["published"]["tokens_per_s_per_gpu"]) ** 2
+                       for ops, dev, fab, op_s, tokens, run in these)
+        errors = {e: loss(e) for e in GRID}
+        best = min(errors, key=errors.get)
+        ids = [t[-1]["id"] for t in these]
+        out[gpu] = {"matmul": best, "fitted_on": ids,
+                    "source": f"fitted on {len(ids)} calibration row(s) of results/reference/published/other_runs.json "
+                              f"({', '.join(ids)}) by benchmarks/published_check.py --fit, {time.strftime('%Y-%m-%d')}",
+                    "objective": f"squared log error of the throughput, {errors[best]:.4f} at the best of {len(GRID)}"}
     return out
 
 
@@ -171,16 +213,18 @@ def other_row(run: dict, work: Path) -> tuple[str, float, float, str]:
 def others(work: Path, step_errors: list[float], reserve_errors: list[float]) -> list[str]:
     """The table of other_runs.json: every row a check row."""
     runs = json.loads(OTHERS.read_text())["runs"]
-    lines = ["", f"Other published runs ({OTHERS.relative_to(ROOT)}): every row a check row, no constant fitted to it; "
-                 "what each source does not publish, and the projection assumed, is listed beside it.", "",
-             "| row | source | compared | published | PROJECTED | error | assumed |", "|---|---|---|---|---|---|---|"]
+    lines = ["", f"Other published runs ({OTHERS.relative_to(ROOT)}): the calibration rows set their GPU's own matmul "
+                 "fraction (bench/project/achieved.json, per_gpu); the errors below are the check rows'. What each "
+                 "source does not publish, and the projection assumed, is listed beside it.", "",
+             "| row | role | source | compared | published | PROJECTED | error | assumed |", "|---|---|---|---|---|---|---|---|"]
     errors: dict[str, list[float]] = {"step": list(step_errors), "reserve": list(reserve_errors), "memory": [],
                                       "ratio": []}
     for run in runs:
         what, pub, pred, kind = other_row(run, work)
-        errors[kind].append(abs(pred / pub - 1))
+        if run["role"] == "check":  # a calibration row set a constant: its error is not the projection's
+            errors[kind].append(abs(pred / pub - 1))
         src = run["source"].get("url") or f"{run['source']['repo']} {run['source']['path']}"
-        lines.append(f"| {run['id']} | {src} | {what} | {pub:.3g} | {pred:.3g} | {_err(pred, pub)} | "
+        lines.append(f"| {run['id']} | {run['role']} | {src} | {what} | {pub:.3g} | {pred:.3g} | {_err(pred, pub)} | "
                      f"{'; '.join(run['assumed'])} |")
     lines.append("")
     for kind, errs in errors.items():

@@ -100,12 +100,17 @@ def table() -> dict[str, Device]:
     for d in _typed():
         out[d.name] = d
     fit = achieved()
-    if fit is not None:  # every GPU: a fraction fitted on one GPU's runs is assumed to hold on the others
-        out = {k: dataclasses.replace(d, matmul_efficiency=fit["matmul"], bandwidth_efficiency=fit["bandwidth"],
-                                      source=f"{d.source}; achieved {fit['matmul']:.2f} of its matmul peak and "
-                                             f"{fit['bandwidth']:.2f} of its bandwidth ({fit['source']})")
-               for k, d in out.items()}
+    if fit is not None:  # a GPU with calibration rows of its own has its own matmul fraction; the others
+        own = fit.get("per_gpu", {})  # take the fraction fitted on another GPU's runs, assumed to hold
+        out = {k: _fitted(d, own.get(k, {}).get("matmul", fit["matmul"]), fit["bandwidth"],
+                          own[k]["source"] if k in own else fit["source"]) for k, d in out.items()}
     return out
+
+
+def _fitted(d: Device, matmul: float, bandwidth: float, source: str) -> Device:
+    return dataclasses.replace(d, matmul_efficiency=matmul, bandwidth_efficiency=bandwidth,
+                               source=f"{d.source}; achieved {matmul:.2f} of its matmul peak and {bandwidth:.2f} of its "
+                                      f"bandwidth ({source})")
 
 
 def lookup(name: str) -> Device:

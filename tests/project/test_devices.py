@@ -46,3 +46,9 @@ def test_the_fitted_achieved_fractions_price_every_gpu_and_say_where_they_come_f
     op = Op("aten.mm", int(1e12), int(1e9), True, "bf16")
     c, m = kernel_s(op, d)
     assert c == pytest.approx(1e12 / (0.5 * d.matmul_flops["bf16"])) and m == pytest.approx(1e9 / (0.8 * d.bandwidth))
+    # a GPU with calibration rows of its own keeps its own matmul fraction; the bandwidth's is shared
+    fit.write_text(json.dumps({"matmul": 0.5, "bandwidth": 0.8, "source": "a test's fit",
+                               "per_gpu": {"A100-80GB": {"matmul": 0.6, "source": "its own rows"}}}))
+    a100, l40s = devices.lookup("A100-80GB"), devices.lookup("L40S")
+    assert (a100.matmul_efficiency, a100.bandwidth_efficiency, l40s.matmul_efficiency) == (0.6, 0.8, 0.5)
+    assert "achieved 0.60 of its matmul peak and 0.80 of its bandwidth (its own rows)" in a100.source
