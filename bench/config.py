@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from bench.coerce import ConfigError, build as _build
+from bench.coerce import ConfigError, build as _build, one_of as _one_of, positive as _positive
 
 PRECISIONS, DEVICES, INITS, DATA_KINDS = ("fp32", "bf16", "fp16"), ("auto", "cpu", "cuda"), ("A", "B", "gaussian"), \
     ("random", "markov", "jsonl")
@@ -214,16 +214,6 @@ def load_config(cfg: Any) -> BenchConfig:
     bench = _build(BenchConfig, cfg, "")
     _check_ranges(bench)
     return bench
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of {', '.join(allowed)}")
 
 
 def _check_ranges(c: BenchConfig) -> None:

@@ -46,7 +46,7 @@ def overrides(run: dict, host_op_us: float | None) -> list[str]:
     seq = round(published(run)["tokens_per_seq"])
     out = [f"model={s['preset']}", f"strategy={s['strategy']}", "data=random", f"train.batch_size={s['batch_size']}",
            f"train.seq_len={seq}", "train.precision=fp32", "project.dtype=bf16", f"project.gpu={s['gpu']}",
-           f"train.grad_clip={s['grad_clip']}", "train.eval_batches=1", "train.progress=false"]
+           f"train.grad_clip={s['grad_clip']}"]
     if "rank" in s:
         out += [f"lora.rank={s['rank']}", f"lora.alpha={s['alpha']}", f"lora.dora={str(s['dora']).lower()}"]
     if host_op_us is not None:
@@ -54,21 +54,26 @@ def overrides(run: dict, host_op_us: float | None) -> list[str]:
     return out
 
 
-def composed(run: dict, host_op_us: float | None):
-    """The row's job, composed as the command line composes it."""
+def composed(bench_overrides: list[str]):
+    """A job, composed as the command line composes it."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides(run, host_op_us))
+        return compose("config", overrides=[*bench_overrides, "train.eval_batches=1", "train.progress=false"])
+
+
+def project_overrides(bench_overrides: list[str], work: Path, name: str):
+    """A projected record's projection for these bench.run overrides."""
+    from bench.job import run_job
+
+    rec = run_job(composed(bench_overrides), work / name)
+    if rec.status != "ok":
+        raise SystemExit(f"{name}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
+    return rec.projection
 
 
 def project(run: dict, host_op_us: float | None, work: Path) -> dict:
-    from bench.job import run_job
-
-    rec = run_job(composed(run, host_op_us), work / run["id"])
-    if rec.status != "ok":
-        raise SystemExit(f"{run['id']}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
-    p = rec.projection
+    p = project_overrides(overrides(run, host_op_us), work, run["id"])
     d = p.devices[0]
     return {"ms": d.step_ms, "bound": d.bound, "host_op_us": d.host_op_us, "states": p.weights_bytes + p.grads_bytes
             + p.optimizer_state_bytes, "reserved": d.reserved_bytes, "seconds": p.seconds}
@@ -103,7 +108,7 @@ def fit(runs: list[dict]) -> dict:
     calib = [r for r in runs if r["role"] == "calibration"]
     arrays, peaks = [], []
     for run in calib:
-        cfg = load_config(composed(run, None))
+        cfg = load_config(composed(overrides(run, None)))
         dev, (op_s, _) = table()[run["setting"]["gpu"]], host_op_s(cfg)
         step = fake_step(cfg, foreach=True)
         peaks.append((step.peak_bytes, published(run)["reserved"]))
@@ -139,8 +144,6 @@ def fit_per_gpu() -> dict:
     import dataclasses
 
     import numpy as np
-    from hydra import compose, initialize_config_dir
-
     from bench.config import load_config
     from bench.project import links
     from bench.project.devices import table
@@ -150,8 +153,7 @@ def fit_per_gpu() -> dict:
 
     rows: dict[str, list] = {}
     for run in (r for r in json.loads(OTHERS.read_text())["runs"] if r["role"] == "calibration"):
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = load_config(compose("config", overrides=[*run["overrides"], "train.eval_batches=1"]))
+        cfg = load_config(composed(run["overrides"]))
         p, gpu = cfg.project, cfg.project.gpu[0]
         fab = links.fabric(gpu, p.devices, p.nodes, p.link, p.network) if p.devices > 1 else None
         tokens = cfg.train.batch_size * (p.mean_seq_len or cfg.train.seq_len)
@@ -179,20 +181,6 @@ def _err(pred: float, pub: float) -> str:
 
 OTHERS = ROOT / "results" / "reference" / "published" / "other_runs.json"
 ERROR = ROOT / "results" / "reference" / "published" / "error.json"  # what the report states beside each projection
-
-
-def project_overrides(overrides: list[str], work: Path, name: str):
-    """A projected record for these bench.run overrides, composed as the command line composes them."""
-    from hydra import compose, initialize_config_dir
-
-    from bench.job import run_job
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        node = compose("config", overrides=[*overrides, "train.eval_batches=1", "train.progress=false"])
-    rec = run_job(node, work / name)
-    if rec.status != "ok":
-        raise SystemExit(f"{name}: the projection ended {rec.status}: {rec.outcome.reason if rec.outcome else ''}")
-    return rec.projection
 
 
 def other_row(run: dict, work: Path) -> tuple[str, float, float, str]:

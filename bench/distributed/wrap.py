@@ -26,7 +26,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter, world: int, mesh=None,
          zero2: bool = False) -> nn.Module:
     """`zero2`: ZeRO-2 (FSDP's grad_op): a block keeps its gathered parameters from forward to backward;
-    otherwise FSDP2's default, ZeRO-3 for the blocks (the root keeps its own: backward needs them at once). `mesh`: one made already (a projection makes it outside its fake mode)."""
+    otherwise FSDP2's default, ZeRO-3 for the blocks (the root keeps its own: backward needs them at
+    once). `mesh`: one made already (a projection makes it outside its fake mode)."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

@@ -2,17 +2,7 @@
 combine with, checked for bench/config.py: each refusal one line."""
 from __future__ import annotations
 
-from bench.coerce import ConfigError
-
-
-def positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(key, f"must be > 0, got {value}")
-
-
-def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of {', '.join(allowed)}")
+from bench.coerce import ConfigError, one_of, positive
 
 
 def check_project(c) -> None:

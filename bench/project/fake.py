@@ -33,10 +33,11 @@ from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 from bench.config import BenchConfig
 from bench.measure import counters
-from bench.project.memory import FSDP_SPLIT, SPLIT, LiveMemory, _local, fsdp_memtracker, memtracker as _memtracker
+from bench.project.memory import FSDP_SPLIT, SPLIT, LiveMemory, fsdp_memtracker, local_shard, memtracker as _memtracker
 
 _EXTRA = {k: shape_wrapper(v) for k, v in counters.EXTRA_FLOPS.items()}
-# MemTracker's names for its categories, as the record names them.
+
+
 @dataclass
 class Op:
     name: str
@@ -88,13 +89,13 @@ def kernel_bytes(inputs: list, outputs: list) -> int:
     for t in inputs:
         if isinstance(t, torch.Tensor) and id(t) not in seen:
             seen.add(id(t))
-            total += _footprint(_local(t))
-    return total + sum(_footprint(_local(t)) for t in outputs if isinstance(t, torch.Tensor))
+            total += _footprint(local_shard(t))
+    return total + sum(_footprint(local_shard(t)) for t in outputs if isinstance(t, torch.Tensor))
 
 
 def _storage(t: torch.Tensor):
     try:
-        return _local(t).untyped_storage()._cdata
+        return local_shard(t).untyped_storage()._cdata
     except (RuntimeError, NotImplementedError):
         return None
 
@@ -111,7 +112,7 @@ class OpRecorder(TorchDispatchMode):
 
     def collective(self, kind: str, t: torch.Tensor) -> None:
         """A collective as bench/distributed/comm.py counts it: issued here, its payload `t`."""
-        t = _local(t)
+        t = local_shard(t)
         self.ops.append(Op(kind, 0, t.numel() * t.element_size(), False, _DTYPES.get(t.dtype, "fp32"), collective=kind))
         here = self.by_stage.setdefault(self.stage, {}).setdefault(kind, {"bytes": 0, "calls": 0})
         here["bytes"] += self.ops[-1].bytes
@@ -213,8 +214,8 @@ def _peak(tracker, memtracker: bool, fsdp: bool) -> tuple[int, dict, dict]:
 
 def _rank_states(model, optimizer) -> tuple[int, int, int]:
     """One rank's weights, gradients and optimizer state: a sharded tensor's own shard."""
-    size = lambda t: _local(t).numel() * _local(t).element_size()  # noqa: E731
-    weights = sum(counters.stored_bytes(_local(p)) for p in model.parameters())
+    size = lambda t: local_shard(t).numel() * local_shard(t).element_size()  # noqa: E731
+    weights = sum(counters.stored_bytes(local_shard(p)) for p in model.parameters())
     grads = sum(size(p) for p in model.parameters() if p.requires_grad)
     opt = sum(size(v) for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
     return weights, grads, opt
@@ -269,7 +270,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
         else:
             tracker = LiveMemory(s.model, trainer.optimizer)
             if buckets is not None:  # DDP's bucket storage, held for the whole run
-                tracker._move(buckets.bytes, "other")
+                tracker.hold(buckets.bytes, "other")
             if fsdp:
                 stack.enter_context(parallel.fsdp_storage(tracker))
         counter.listener = recorder.collective

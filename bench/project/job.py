@@ -9,7 +9,8 @@ rounds blocks and keeps freed ones cached, and the CUDA context takes memory of 
 any tensor. Both are modelled, not measured: reserved = factor x peak + CUDA_CONTEXT, the factor
 fitted on the published calibration rows' mean reserved (bench/project/achieved.json), or
 RESERVE_FACTOR where none is fitted (benchmarks/gpu_check.py records max_memory_reserved against
-max_memory_allocated on a lent GPU, which is how a GPU of this project's own would check them). A configuration fits when its reserve does.
+max_memory_allocated on a lent GPU, which is how a GPU of this project's own would check them).
+A configuration fits when its reserve does.
 The largest batch that fits: the step has a peak per stage (forward, backward, optimizer). The
 forward's and the backward's are taken as affine in the batch, their slope the activations and
 temporaries at that peak per sample (weights, gradients, buffers and optimizer state do not grow
@@ -29,7 +30,7 @@ from bench.project.fake import fake_step
 from bench.project.timeline import project_time
 from bench.record.schema import DeviceProjection, Env, ModelShape, Params, Projection, Record
 
-RESERVE_FACTOR = 1.10      # the allocator's rounding and cache over the tensors' own peak, where none is fitted (assumed)
+RESERVE_FACTOR = 1.10      # the allocator's reserve over the tensors' own peak where none is fitted (assumed)
 CUDA_CONTEXT = 512 * 2**20  # the CUDA context and cuBLAS workspace (assumed; typically 0.3-0.6 GiB)
 
 

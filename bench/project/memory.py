@@ -21,7 +21,7 @@ SPLIT = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients"
 
 
 
-def _local(t):
+def local_shard(t):
     """A DTensor's (FSDP's sharded parameters, their gradients and AdamW's state) own shard."""
     return t._local_tensor if type(t).__name__ == "DTensor" else t
 
@@ -53,12 +53,16 @@ class LiveMemory(TorchDispatchMode):
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def _fixed(self, t: torch.Tensor, category: str) -> None:
-        t = _local(t)
+        t = local_shard(t)
         packed = counters.stored_bytes(t)
         if packed != t.numel() * t.element_size():  # a 4-bit weight: its codes and scales, held all step
             self._move(packed, category)
         elif not self._track(t, category):
             self._move(packed, category)
+
+    def hold(self, nbytes: int, category: str) -> None:
+        """Bytes held all step that no operation of the step creates (DDP's gradient buckets)."""
+        self._move(nbytes, category)
 
     def _move(self, nbytes: int, category: str) -> None:
         self.current[category] += nbytes
@@ -70,7 +74,7 @@ class LiveMemory(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor, category: str) -> bool:
         try:
-            st = _local(t).untyped_storage()
+            st = local_shard(t).untyped_storage()
         except (RuntimeError, NotImplementedError):
             return False
         key = st._cdata
@@ -91,7 +95,7 @@ class LiveMemory(TorchDispatchMode):
         self._recategorize(p.grad, "gradients")
 
     def _recategorize(self, t: torch.Tensor, category: str) -> None:
-        key = _local(t).untyped_storage()._cdata
+        key = local_shard(t).untyped_storage()._cdata
         if key in self.live and self.live[key][1] != category:
             n, old = self.live[key]
             self.current[old] -= n
@@ -108,7 +112,7 @@ class LiveMemory(TorchDispatchMode):
 
     def resized(self, t: torch.Tensor) -> None:
         """A storage resized in place (FSDP's unsharded parameters, allocated and freed per block)."""
-        st = _local(t).untyped_storage()
+        st = local_shard(t).untyped_storage()
         key, n = st._cdata, st.nbytes()
         if key not in self.live:
             self._track(t, "parameters")
