@@ -83,6 +83,7 @@ class LoraConfig:
     backend: str
     impl: str
     dora: bool  # DoRA (Liu et al. 2024): a trained magnitude per output row, the direction normalised each step
+    adapter_dtype: str  # base | fp32: native adapters in fp32 under a bf16 base (PEFT's autocast_adapter_dtype)
 
     @property
     def scale(self) -> float:
@@ -225,6 +226,9 @@ def _check_ranges(c: BenchConfig) -> None:
     _one_of("model.kind", m.kind, MODEL_KINDS)
     _one_of("lora.backend", c.lora.backend, BACKENDS)
     _one_of("lora.impl", c.lora.impl, IMPLS)
+    _one_of("lora.adapter_dtype", c.lora.adapter_dtype, ("base", "fp32"))
+    if c.lora.adapter_dtype == "fp32" and (c.lora.impl, c.lora.backend) != ("eager", "native"):
+        raise ConfigError("lora.adapter_dtype", "is the native eager layer's (PEFT's own: peft.autocast_adapter_dtype)")
     if c.lora.impl == "fused" and c.lora.backend == "peft":
         raise ConfigError("lora.impl", "fused is this project's own layer; PEFT brings its own (use lora.backend=native)")
     if m.kind == "native" and not m.tie_embeddings:

@@ -72,6 +72,7 @@ def identity(node: dict, overrides: list[str] | None = None) -> Identity:
 # a plain job keeps the key it had before the keys existed, so older records and resumes still match.
 _PLAIN = {("quant",): lambda n: _get(n, "quant", "base") in (None, "none"),
           ("lora", "dora"): lambda n: _get(n, "lora", "dora") in (None, False),
+          ("lora", "adapter_dtype"): lambda n: _get(n, "lora", "adapter_dtype") in (None, "base"),
           ("train", "checkpointing"): lambda n: _get(n, "train", "checkpointing") in (None, "none")}
 
 

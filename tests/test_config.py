@@ -25,10 +25,12 @@ def test_lora_scale(cfg_of, alpha, rslora, expected):
     ("train.precision=fp8", "train.precision"), ("device=tpu", "device"), ("lora.init=C", "lora.init"),
     ("lora.dropout=1.0", "lora.dropout"), ("train.phases=maybe", "train.phases"),
     ("model.n_kv_heads=3", "model.n_kv_heads"), ("lora.layers=[]", "lora.layers"),
+    ("lora.adapter_dtype=fp16", "lora.adapter_dtype"), ("lora.adapter_dtype=fp32 lora.impl=fused", "lora.adapter_dtype"),
+    ("lora.adapter_dtype=fp32 lora.backend=peft", "lora.adapter_dtype"),
 ])
 def test_bad_values_name_their_key_in_one_line(cfg_of, override, key):
     with pytest.raises(ConfigError) as e:
-        cfg_of(override)
+        cfg_of(*override.split())
     assert e.value.key == key
     assert str(e.value).startswith(key) and "\n" not in str(e.value)
 

@@ -70,7 +70,9 @@ class Trainer:
     def loss(self, batch: torch.Tensor, eager: bool = False) -> torch.Tensor:
         with self.autocast:
             logits = (self.model if eager else self.run_model)(batch[:, :-1])
-            return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+            # In fp32, as transformers' ForCausalLMLoss and torchtune upcast the logits: a bf16 model
+            # without autocast pays the cast and an fp32 softmax (autocast would cast them to fp32 anyway).
+            return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
     def step(self, micro_batches: list[torch.Tensor], timer: StepTimer, probe=None,
              defer_loss: bool = False, eager: bool = False) -> tuple[float | torch.Tensor, dict]:

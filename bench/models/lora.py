@@ -21,6 +21,12 @@ written as PEFT writes it, W x + (g - 1)·W x + g·s·B A x with g = m / ‖W + 
 base product is computed once (with dropout > 0 PEFT multiplies the dropped input by W a second
 time; so does this layer). The norm reads the whole base weight, dequantized for a 4-bit base,
 every step: DoRA's extra cost, which the profiler sees as an `lb::dora_norm` range.
+
+`adapter_dtype=torch.float32` under a bf16 base is PEFT's default (autocast_adapter_dtype): A, B
+and m are stored and trained in fp32, each layer casts its input up for the adapter, and the sum
+is taken in fp32 and cast back to the base's dtype, as PEFT's Linear.forward does. It costs fp32
+adapter states, an fp32 copy of every adapted layer's input saved for backward, and DoRA's norm
+in fp32.
 """
 from __future__ import annotations
 
@@ -33,21 +39,24 @@ from torch.autograd.profiler import record_function
 
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0,
-                 init: str = "A", init_std: float = 0.02, dora: bool = False):
+                 init: str = "A", init_std: float = 0.02, dora: bool = False,
+                 adapter_dtype: torch.dtype | None = None):
         super().__init__()
         # What trains is set by the strategy (bench/models/strategies.py: set_trainable), not here.
         self.base = base
         self.rank, self.scale = rank, scale
         self.in_features, self.out_features = base.in_features, base.out_features
         w = base.weight
-        self.lora_a = nn.Parameter(torch.zeros(rank, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype))
+        dtype = adapter_dtype or w.dtype
+        self.upcast = dtype != w.dtype  # else no cast at all: autocast's own casts stay as they were
+        self.lora_a = nn.Parameter(torch.zeros(rank, self.in_features, device=w.device, dtype=dtype))
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=dtype))
         # No module at all when dropout is off: nn.Dropout(0) would still dispatch an op.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_adapter(init, init_std)
         # DoRA's magnitude starts at the adapted weight's row norms, so step 0 computes W x exactly.
-        self.magnitude = nn.Parameter(self.weight_norm(w.dtype)) if dora else None
+        self.magnitude = nn.Parameter(self.weight_norm(dtype)) if dora else None
 
     def reset_adapter(self, init: str, init_std: float = 0.02) -> None:
         """Init schemes of Hayou et al. 2024: A random/B zero ("A"), B random/A zero ("B")."""
@@ -95,19 +104,22 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:  # the update already lives in the base weight
             return self.base(x)
-        dropped = self.dropout(x)
+        dropped = self.dropout(x.to(self.lora_a.dtype) if self.upcast else x)  # PEFT casts the input up first
         low = F.linear(dropped, self.lora_a)
         if self.scale != 1.0:
             low = low * self.scale
         result = self.base(x)
         lora = F.linear(low, self.lora_b)
         if self.magnitude is None:
-            return result + lora
-        g = self.magnitude / self.weight_norm(result.dtype)
-        # PEFT's order of operations; with dropout in training, the base product of the dropped input.
-        base = result if isinstance(self.dropout, nn.Identity) or not self.training else \
-            F.linear(dropped, self.base_weight(result.dtype))
-        return result + (g - 1) * base + g * lora
+            out = result + lora
+        else:
+            dtype = self.lora_a.dtype if self.upcast else result.dtype
+            g = self.magnitude / self.weight_norm(dtype)
+            # PEFT's order of operations; with dropout in training, the base product of the dropped input.
+            base = result if isinstance(self.dropout, nn.Identity) or not self.training else \
+                F.linear(dropped, self.base_weight(dtype))
+            out = result + (g - 1) * base + g * lora
+        return out.to(result.dtype) if self.upcast else out
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:

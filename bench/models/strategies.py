@@ -10,6 +10,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from bench.models.lora import LoRALinear, adapter_params
@@ -198,7 +199,9 @@ def apply_strategy(model: nn.Module, strategy: Strategy, lora: LoraConfig) -> Pl
         for name in adapted:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            extra = {"dora": True} if lora.dora else {}  # config refuses DoRA on the fused layer
+            extra = {"dora": True} if lora.dora else {}  # config refuses DoRA and fp32 adapters on the fused layer
+            if lora.adapter_dtype == "fp32":
+                extra["adapter_dtype"] = torch.float32
             setattr(parent, child, layer(getattr(parent, child), lora.rank, lora.scale,
                                          lora.dropout, lora.init, lora.init_std, **extra))
     trained = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _role_of(n) in strategy.train]

@@ -35,6 +35,28 @@ def stated_error(path: Path = ERROR) -> str:
             + "; ".join(parts) + ".")
 
 
+def reserve_error(path: Path = ERROR) -> float | None:
+    """The allocator reserve's stated error (median, on published check runs), or None where unknown."""
+    try:
+        return float(json.loads(path.read_text())["reserve"]["median_abs_error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def at_the_edge(dg: pd.DataFrame, error: float | None) -> str | None:
+    """The configurations whose fit verdict the reserve's stated error could turn: the device's
+    capacity lies within error x reserve of the projected reserve."""
+    if not error:
+        return None
+    edge = dg[(dg.reserved_bytes - dg.memory_bytes).abs() <= error * dg.reserved_bytes]
+    if edge.empty:
+        return None
+    return (f"{dg.device.iloc[0]}: within the reserve's stated error ({error:.0%}) of the "
+            f"{dg.memory_bytes.iloc[0] / GIB:.0f} GiB, so the verdict may turn: "
+            + ", ".join(f"{r.configuration} ({r.reserved_bytes / GIB:.1f} GiB, {'fits' if r.fits else 'does not fit'})"
+                        for _, r in edge.iterrows()))
+
+
 def _parallel(p: dict) -> str:
     if p.get("ranks", 1) <= 1:
         return "one device"
@@ -144,7 +166,7 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                                  "(bench/project/timeline.py); with several ranks, rank 0 under a fake process group, "
                                  "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator "
                                  "reserve, a factor x the peak + 0.5 GiB of CUDA context (bench/project/job.py: the factor "
-                                 "fitted on published runs' mean reserved, the context assumed). Nothing here was measured "
+                                 "fitted on published runs' mean memory_reserved(), the context assumed). Nothing here was measured "
                                  "on the device; docs/projection.md says how far it is trusted."),
                            ("p", stated_error())]
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):
@@ -165,6 +187,9 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
             lines.append(f"{device} ({dg.memory_bytes.iloc[0] / GIB:.0f} GiB): fits at batch {batch}: "
                          + (", ".join(fit.configuration) if not fit.empty else "none") + "; "
                          + "; ".join(_fit(r) for _, r in dg.iterrows() if not r.fits))
+            edge = at_the_edge(dg, reserve_error())
+            if edge:
+                lines.append(edge)
             if full is not None:
                 lines += [_why(r, full) for _, r in dg.iterrows() if not r.plain_full and r.step_ms > full.step_ms]
             if ranks > 1:

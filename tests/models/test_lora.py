@@ -127,3 +127,34 @@ def test_dora_trainable_count_is_lora_plus_one_magnitude_per_output_row(cfg_of):
     shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, h), (h, d), (d, h)]  # (in, out): q k v o gate down up
     closed = n_blocks * sum(4 * (i + o) + o for i, o in shapes)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == closed
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_fp32_adapters_under_a_bf16_base_compute_in_fp32_and_return_bf16(dora):
+    """PEFT's autocast_adapter_dtype: A, B (and m) in fp32, the input cast up, the sum cast back."""
+    base = _base().to(torch.bfloat16).requires_grad_(False)  # frozen, as the strategy leaves it
+    lora = LoRALinear(base, rank=4, scale=2.0, dora=dora, adapter_dtype=torch.float32)
+    assert {p.dtype for p in lora.adapter_params().values()} == {torch.float32}
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(3, 5, 24).to(torch.bfloat16)
+    y = lora(x)
+    assert y.dtype == torch.bfloat16
+    xf, w = x.float(), base.weight.float()
+    update = 2.0 * xf @ lora.lora_a.T @ lora.lora_b.T
+    if dora:  # PEFT's order: g = m / ‖W + sBA‖ in fp32; base product in bf16, then g·(Wx) + g·sBAx
+        g = lora.magnitude / (w + 2.0 * lora.lora_b @ lora.lora_a).norm(dim=1)
+        expected = (base(x).float() * g + g * update).to(torch.bfloat16)
+    else:
+        expected = (base(x).float() + update).to(torch.bfloat16)
+    torch.testing.assert_close(y, expected, rtol=1e-2, atol=1e-2)
+    y.float().pow(2).sum().backward()
+    assert lora.lora_a.grad.dtype == lora.lora_b.grad.dtype == torch.float32
+
+
+def test_fp32_adapters_are_a_no_op_on_an_fp32_base():
+    """No cast is dispatched where base and adapter already agree: autocast's own casts stay as they were."""
+    plain, fp32 = LoRALinear(_base(), 4, 1.0), LoRALinear(_base(), 4, 1.0, adapter_dtype=torch.float32)
+    assert not fp32.upcast
+    x = torch.randn(2, 24)
+    torch.testing.assert_close(fp32(x), plain(x), rtol=0, atol=0)

@@ -56,6 +56,25 @@ def test_variants_project_and_their_bytes_follow():
     assert any(op.name == "aten.linalg_vector_norm" for op in dora.ops)
 
 
+def test_fp32_adapters_under_a_bf16_base_cost_their_closed_form():
+    """PEFT's default: fp32 A and B under a bf16 base. Weights, gradients and AdamW's two moments of
+    the adapters are 4 bytes each where they were 2; the base is unchanged; each adapted input is
+    saved for backward once more, in fp32 (B x T x in x 4 bytes)."""
+    over = ("strategy=lora_qk", "project.dtype=bf16", "lora.rank=4")
+    plain, fp32 = fake_step(_cfg(*over)), fake_step(_cfg(*over, "lora.adapter_dtype=fp32"))
+    n = fp32.params_trainable
+    assert n == plain.params_trainable and n > 0
+    assert fp32.weights_bytes - plain.weights_bytes == 2 * n
+    assert fp32.grads_bytes == 2 * plain.grads_bytes == 4 * n
+    assert fp32.optimizer_bytes - plain.optimizer_bytes == 2 * 2 * n  # two moments; the step counters unchanged
+    cfg = _cfg(*over)
+    tokens, d, r, blocks = cfg.train.batch_size * cfg.train.seq_len, cfg.model.dim, 4, cfg.model.n_layers
+    # per block: q and k each save their own fp32 input and fp32 A x, where both saved the one bf16 input
+    # they share and their own bf16 A x
+    per_block = 2 * (4 * d + 4 * r) - (2 * d + 2 * 2 * r)
+    assert fp32.saved_bytes - plain.saved_bytes == blocks * tokens * per_block
+
+
 def test_bf16_parameters_are_built_in_bf16_without_a_move():
     step = fake_step(_cfg("strategy=full", "project.dtype=bf16", "train.precision=bf16"))
     full = fake_step(_cfg("strategy=full"))

@@ -36,6 +36,27 @@ def test_every_projected_table_states_its_error_on_published_runs(tmp_path):
     assert "not known" in stated_error(tmp_path / "absent.json")
 
 
+def test_a_fit_within_the_reserves_stated_error_of_the_capacity_is_flagged(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from bench.report.projection import at_the_edge, reserve_error
+
+    path = tmp_path / "error.json"
+    path.write_text(json.dumps({"reserve": {"median_abs_error": 0.10, "rows": 2}}))
+    assert reserve_error(path) == 0.10 and reserve_error(tmp_path / "absent.json") is None
+    gib = 2 ** 30
+    dg = pd.DataFrame({"device": "RTX4090", "configuration": ["a", "b", "c", "d"], "memory_bytes": 24 * gib,
+                       "reserved_bytes": [12 * gib, 23.1 * gib, 26.5 * gib, 27 * gib],
+                       "fits": [True, True, False, False]})
+    # |reserve - 24| <= 10% of the reserve: 23.1 (0.9 <= 2.31) and 26.5 (2.5 <= 2.65), not 12 nor 27 (3 > 2.7)
+    line = at_the_edge(dg, 0.10)
+    assert line.startswith("RTX4090: within the reserve's stated error (10%) of the 24 GiB")
+    assert "b (23.1 GiB, fits), c (26.5 GiB, does not fit)" in line and "a (" not in line and "d (" not in line
+    assert at_the_edge(dg, None) is None
+
+
 def test_a_data_parallel_projection_reports_its_ranks_link_and_communication(tmp_path):
     for s in ("full", "lora_all"):
         run_job(compose_cfg([*FAST, f"strategy={s}", "project.gpu=RTX4090", "data=random", "parallel=fsdp",
