@@ -4,12 +4,16 @@
         --out results/reference/projection_check/amd-epyc-2-threads
 
 Every measured record's configuration is run again on fake tensors (bench/project/fake.py) and
-priced for this machine as a device: its matmul throughput and per-operation cost are the record's
-own calibration (bench/measure/calibrate.py), its memory bandwidth is measured here, and on a CPU
-the host runs each operation itself (bench/project/timeline.py, serial). The projected ratio
-t_LoRA / t_full of each cell is set against the measured one (the median step of its repeats over
-full fine-tuning's); the table and the median absolute error of the ratios are written out. Run it
-on the machine that measured the records, quiet: the bandwidth is measured here.
+priced for this machine as one device: its matmul throughput and per-operation cost are the
+medians of the records' own calibrations (bench/measure/calibrate.py; each record calibrated
+once, at its sweep's start, and those single measurements spread 2x between records of one
+machine), its memory bandwidth is measured here, and on a CPU the host runs each operation itself
+(bench/project/timeline.py, serial). The projected ratio t_LoRA / t_full of each cell is set
+against the measured one (the median step of its repeats over full fine-tuning's) and against the
+measured ratio's 95% interval as the report computes it (bench/report/explain.py): a projection
+inside that interval is as close as the measurement can tell. The table, the median absolute
+error and the count inside the intervals are written out. Run it on the machine that measured the
+records, quiet: the bandwidth is measured here.
 """
 from __future__ import annotations
 
@@ -61,6 +65,22 @@ def config_of(rec) -> object:
     return load_config(merged)
 
 
+def intervals(records: Path) -> dict[tuple, tuple[float, float]]:
+    """(width, tokens, strategy) -> the measured ratio's 95% interval, as the report computes it."""
+    from bench.report.explain import aggregate, settings
+    from bench.report.load import load_records
+
+    out = {}
+    for _, g in settings(load_records([records])):
+        for _, row in aggregate(g, host_noise=False).iterrows():
+            if row.strategy == "full" or row.vs_full_lo != row.vs_full_lo:  # NaN: no interval
+                continue
+            cfg = config_of(read_record(Path(row.paths[0]) / "metrics.json"))
+            out[(cfg.model.dim, cfg.train.batch_size * cfg.train.seq_len, row.strategy)] = (row.vs_full_lo,
+                                                                                           row.vs_full_hi)
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("records", type=Path)
@@ -75,34 +95,40 @@ def main(argv: list[str]) -> int:
         cfg = config_of(rec)
         key = (cfg.model.dim, cfg.train.batch_size * cfg.train.seq_len)
         cells.setdefault(key, {}).setdefault(cfg.strategy.name, []).append((rec, cfg))
+    cals = [rec.calibration for by in cells.values() for recs in by.values() for rec, _ in recs]
+    flops, op_s = (statistics.median(c.matmul_flops_per_s for c in cals), statistics.median(c.op_overhead_s for c in cals))
+    device = host_device(flops, bw, "this CPU")
+    measured_ci = intervals(a.records)
     rows, t0 = [], time.perf_counter()
     for (dim, tokens), by in sorted(cells.items()):
         if "full" not in by:
             continue
         projected = {}
         for strategy, recs in by.items():
-            rec, cfg = recs[0]
-            cal = rec.calibration
-            device = host_device(cal.matmul_flops_per_s, bw, "this CPU")
-            projected[strategy] = project_time(fake_step(cfg).ops, device, cal.op_overhead_s, serial=True).step_s
+            projected[strategy] = project_time(fake_step(recs[0][1]).ops, device, op_s, serial=True).step_s
             projected[strategy + "_measured"] = statistics.median(r.time.step_ms.median for r, _ in recs) / 1e3
         for strategy in by:
             if strategy == "full":
                 continue
             m = projected[strategy + "_measured"] / projected["full_measured"]
             p = projected[strategy] / projected["full"]
-            rows.append((dim, tokens, strategy, m, p, projected[strategy + "_measured"] * 1e3,
-                         projected[strategy] * 1e3))
-    errors = [abs(p - m) for *_, m, p, _, _ in rows]
+            rows.append((dim, tokens, strategy, m, p, measured_ci.get((dim, tokens, strategy)),
+                         projected[strategy + "_measured"] * 1e3, projected[strategy] * 1e3))
+    errors = [abs(p - m) for _, _, _, m, p, *_ in rows]
+    inside = [lo <= p <= hi for _, _, _, _, p, ci, *_ in rows if ci for lo, hi in [ci]]
+    beyond = [max(ci[0] - p, p - ci[1]) for _, _, _, _, p, ci, *_ in rows if ci and not ci[0] <= p <= ci[1]]
     a.out.mkdir(parents=True, exist_ok=True)
-    lines = ["| width | tokens per step | strategy | measured ratio to full | projected ratio | error | "
-             "measured step ms | projected step ms |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {d} | {t} | {s} | {m:.2f} | {p:.2f} | {p - m:+.2f} | {ms:.2f} | {ps:.2f} |"
-              for d, t, s, m, p, ms, ps in rows]
+    lines = ["| width | tokens per step | strategy | measured ratio to full | its 95% interval | projected ratio | "
+             "error | measured step ms | projected step ms |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {d} | {t} | {s} | {m:.2f} | {f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''} | {p:.2f} | {p - m:+.2f} | "
+              f"{ms:.2f} | {ps:.2f} |" for d, t, s, m, p, ci, ms, ps in rows]
     summary = (f"{len(rows)} cells; median absolute error of the ratio {statistics.median(errors):.3f}, mean "
                f"{statistics.fmean(errors):.3f}, largest {max(errors):.3f}; the projected ratio on the same side "
-               f"of 1 as the measured one in {sum((m > 1) == (p > 1) for *_, m, p, _, _ in rows)} of {len(rows)} "
-               f"cells. Memory bandwidth measured here: {bw / 1e9:.1f} GB/s; projected in "
+               f"of 1 as the measured one in {sum((m > 1) == (p > 1) for _, _, _, m, p, *_ in rows)} of {len(rows)} "
+               f"cells; inside the measured ratio's 95% interval in {sum(inside)} of {len(inside)}, the others a median "
+               f"{statistics.median(beyond) if beyond else float('nan'):.3f} outside it. One device: "
+               f"{flops / 1e9:.0f} GFLOP/s and {op_s * 1e6:.2f} us per operation (the medians of {len(cals)} "
+               f"records' calibrations), memory bandwidth measured here {bw / 1e9:.1f} GB/s; projected in "
                f"{time.perf_counter() - t0:.0f} s.")
     text = "# Self-projection: this CPU projected against its own measurements\n\n" + summary + "\n\n" + \
         "\n".join(lines) + "\n"
