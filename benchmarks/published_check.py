@@ -203,6 +203,11 @@ def other_row(run: dict, work: Path) -> tuple[str, float, float, str]:
     d = p.devices[0]
     if "peak_allocated_bytes" in pub:
         return "peak allocated GB per GPU", pub["peak_allocated_bytes"] / 1e9, p.peak_bytes / 1e9, "memory"
+    if "max_reserved_bytes" in pub:  # torch.cuda.max_memory_reserved holds no CUDA context
+        from bench.project.job import CUDA_CONTEXT
+
+        return ("max reserved GB per GPU", pub["max_reserved_bytes"] / 1e9, (d.reserved_bytes - CUDA_CONTEXT) / 1e9,
+                "reserve")
     if "tokens_per_s_per_gpu" in pub:
         value = {o.split("=")[0]: o.split("=")[1] for o in run["overrides"]}
         tokens = int(value["train.batch_size"]) * int(value["train.seq_len"])

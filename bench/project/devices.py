@@ -73,6 +73,12 @@ def _typed() -> list[Device]:
         # sparsity (989 dense), 141 GB HBM3e, 4.8 TB/s (SXM)
         Device("H200", 141 * 2**30, {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, 4.8e12,
                "NVIDIA H200 datasheet (SXM)", CUDA_LAUNCH_S),
+        # Meta's Grand Teton H100, as torchtitan's benchmarks/llama3_h100_202412_torchtitan.md describes it:
+        # 96 GB HBM2e, 2.4 TB/s, a 500 W limit; its peak is not published ("between SXM and NVL"), so the
+        # SXM part's 989 dense bf16 TFLOPS, which that file's MFU uses too. Published runs exist for it.
+        Device("H100-HBM2e-96GB", 96 * 2**30, {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, 2.4e12,
+               "torchtitan's H100 benchmark (Grand Teton: 96 GB HBM2e, 2.4 TB/s, 500 W; the SXM part's peak "
+               "assumed)", CUDA_LAUNCH_S),
         # NVIDIA L40S datasheet: FP32 91.6 TFLOPS, BF16 Tensor 362.05 dense (733 sparse), 48 GB GDDR6, 864 GB/s
         Device("L40S", 48 * 2**30, {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12}, 864e9,
                "NVIDIA L40S datasheet", CUDA_LAUNCH_S),

@@ -56,8 +56,8 @@ LINKS = {link.name: link for link in (
 )}
 
 # Each device's link within a node: the SXM parts' NVLink; the others PCIe.
-DEFAULT = {"H100": "NVLink4", "H200": "NVLink4", "A100-80GB": "NVLink3", "L40S": "PCIe4", "RTX4090": "PCIe4",
-           "RTX3090": "PCIe4", "A10G": "PCIe4"}
+DEFAULT = {"H100": "NVLink4", "H100-HBM2e-96GB": "NVLink4", "H200": "NVLink4", "A100-80GB": "NVLink3",
+           "L40S": "PCIe4", "RTX4090": "PCIe4", "RTX3090": "PCIe4", "A10G": "PCIe4"}
 
 FACTOR = {"allreduce": lambda n: 2 * (n - 1) / n, "allgather": lambda n: (n - 1) / n,
           "reducescatter": lambda n: (n - 1) / n}
