@@ -19,7 +19,7 @@ MODEL_KINDS, BACKENDS, IMPLS = ("native", "hf_llama", "hf"), ("native", "peft"),
 DIST_MODES, SHARDS = ("ddp", "fsdp"), ("full", "grad_op")
 OUT_OF_SCOPE = {"tp": "tensor", "tensor": "tensor", "pp": "pipeline", "pipeline": "pipeline"}
 QUANT_BASES, QUANT_SCOPES = ("none", "nf4"), ("adapted", "frozen")  # room for int8
-CHECKPOINTING = ("none", "blocks", "selective")
+CHECKPOINTING = ("none", "blocks", "selective", "selective_op")
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class TrainConfig:
     compile_cache: bool
     cuda_graphs: bool
     memory_budget_gb: Optional[float]
-    checkpointing: str  # none | blocks | selective (bench/models/recompute.py)
+    checkpointing: str  # none | blocks | selective | selective_op (bench/models/recompute.py)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_every_other_row_is_sourced_marked_and_composes(run, cfg_of):
     assert run["role"] == "check" or "tokens_per_s_per_gpu" in run["published"]  # what the per-GPU fit reads
     assert src.get("url", "").startswith("https://github.com/") or (src["repo"] and src["path"] and len(src["commit"]) == 40)
     (kind,) = run["published"]
-    assert kind in ("peak_allocated_bytes", "tokens_per_s_per_gpu", "ratio")
+    assert kind in ("peak_allocated_bytes", "max_reserved_bytes", "tokens_per_s_per_gpu", "ratio")
     assert cfg_of(*run["overrides"]).project.gpu
     if kind == "ratio":
         assert run["compared"] and cfg_of(*run["baseline_overrides"]).project.gpu

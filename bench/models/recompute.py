@@ -6,6 +6,9 @@
     selective  the same, but the blocks' matmul outputs are kept (PyTorch's selective activation
                checkpointing, create_selective_checkpoint_contexts): only the cheap operations between
                them (norms, activations, RoPE, casts, a 4-bit base's dequantization) run twice
+    selective_op  torchtitan's selective op AC (its default): each block keeps the fused attention
+               kernel's outputs and every second matmul's (the 1st, 3rd, ... in its forward), and
+               recomputes the others
 
 Non-reentrant only: the reentrant mode needs an input that requires grad, which a frozen model's
 embedding output does not (transformers #26221; PEFT's enable_input_require_grads is its fix), and
@@ -43,6 +46,38 @@ def _policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
+# torchtitan's _save_list (models/llama3/infra/parallelize.py): the attention kernels, and matmuls by turns.
+SDPA_OPS = {getattr(_aten, n).default for n in ("_scaled_dot_product_flash_attention",
+                                                "_scaled_dot_product_efficient_attention",
+                                                "_scaled_dot_product_cudnn_attention",
+                                                "_scaled_dot_product_flash_attention_for_cpu") if hasattr(_aten, n)}
+_MATMULS = {_aten.mm.default, _aten.addmm.default}
+
+
+def op_policy():
+    """torchtitan's policy function, with its own matmul count (one per block call)."""
+    counts = {"forward": 0, "recompute": 0}
+
+    def policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+        if func in _MATMULS:
+            key = "recompute" if ctx.is_recompute else "forward"
+            counts[key] += 1
+            save = counts[key] % 2 == 1  # torchtitan: "all compute ops, except every second mm"
+        else:
+            save = func in SDPA_OPS
+        if not save:
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        out = getattr(ctx, "op_output", None)
+        if not ctx.is_recompute and torch.is_tensor(out):
+            hold([out])
+        return CheckpointPolicy.MUST_SAVE
+    return policy
+
+
+def _op_contexts():
+    return create_selective_checkpoint_contexts(op_policy())
+
+
 def checkpointed(mode: str, function, *args, **kwargs):
     """`function(*args, **kwargs)` under a non-reentrant checkpoint; its second run is the recompute."""
     calls = [0]
@@ -55,8 +90,8 @@ def checkpointed(mode: str, function, *args, **kwargs):
         return function(*a, **k)
 
     hold([a for a in args if torch.is_tensor(a)])  # what the recompute starts from
-    extra = {"context_fn": functools.partial(create_selective_checkpoint_contexts, _policy)} \
-        if mode == "selective" else {}
+    extra = ({"context_fn": functools.partial(create_selective_checkpoint_contexts, _policy)} if mode == "selective"
+             else {"context_fn": _op_contexts} if mode == "selective_op" else {})
     return checkpoint(run, *args, use_reentrant=False, **extra, **kwargs)
 
 
@@ -92,7 +127,8 @@ def apply_checkpointing(model: nn.Module, mode: str) -> str | None:
         for block in found:
             block.forward = types.MethodType(_checkpointed_forward(mode, type(block).forward), block)
         how = "torch.utils.checkpoint around each block's forward, non-reentrant"
-    kept = "their inputs" if mode == "blocks" else "their inputs and matmul outputs (selective)"
+    kept = {"blocks": "their inputs", "selective": "their inputs and matmul outputs (selective)",
+            "selective_op": "their inputs, attention outputs and every second matmul output (torchtitan's op AC)"}[mode]
     return f"train.checkpointing={mode}: {len(found)} blocks keep {kept} and recompute in backward ({how})"
 
 

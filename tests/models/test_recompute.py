@@ -25,7 +25,7 @@ def _step(mode, *extra):
     return float(loss), grads, probe.saved.bytes, s
 
 
-@pytest.mark.parametrize("mode", ["blocks", "selective"])
+@pytest.mark.parametrize("mode", ["blocks", "selective", "selective_op"])
 def test_checkpointing_changes_no_number_of_the_step(mode):
     loss0, grads0, _, _ = _step("none")
     loss1, grads1, _, _ = _step(mode)
@@ -44,6 +44,27 @@ def test_blocks_keep_only_their_inputs_closed_form():
     # selective keeps the matmul outputs on top of the inputs (on this small model more than no
     # checkpointing keeps: what autograd saves of a matmul is mostly its input, not its output)
     assert ckpt2 < sel2 and ckpt2 < none2
+
+
+def test_torchtitans_op_policy_keeps_attention_and_every_second_matmul():
+    from types import SimpleNamespace
+
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from bench.models.recompute import SDPA_OPS, op_policy
+
+    aten = torch.ops.aten
+    sdpa = next(iter(SDPA_OPS))
+    block = [aten.mm.default, aten.mm.default, aten.addmm.default, sdpa, aten.mm.default, aten.mm.default,
+             aten.mm.default, aten.mm.default, aten.add.Tensor]
+    for recompute in (False, True):  # the recompute counts apart, and decides the same
+        policy, ctx = op_policy(), SimpleNamespace(is_recompute=recompute, op_output=None)
+        kept = [policy(ctx, f) == CheckpointPolicy.MUST_SAVE for f in block]
+        assert kept == [True, False, True, True, False, True, False, True, False]
+    _, _, blocks2, _ = _step("blocks")
+    _, _, op2, _ = _step("selective_op")
+    _, _, sel2, _ = _step("selective")
+    assert blocks2 < op2 < sel2  # half the matmul outputs, and attention's
 
 
 def test_the_recompute_is_a_measured_category():

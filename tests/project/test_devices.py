@@ -7,13 +7,15 @@ from bench.project.devices import host_device, listing, lookup, table
 
 def test_every_device_the_issue_names_is_there_with_a_source():
     devices = table()
-    for name in ("H100", "A100-80GB", "H200", "L40S", "RTX4090", "RTX3090", "A10G"):
+    for name in ("H100", "A100-80GB", "H200", "L40S", "RTX4090", "RTX3090", "A10G", "H100-HBM2e-96GB"):
         d = devices[name]
         assert d.source and d.memory_bytes > 0 and d.bandwidth > 0 and d.launch_s > 0
         assert d.matmul_flops["bf16"] > d.matmul_flops["fp32"] > 0
     # PyTorch's table gives the H100's bf16 with sparsity (1979 TFLOP/s): dense is half
     assert devices["H100"].matmul_flops["bf16"] == pytest.approx(989.5e12)
     assert "device_info" in devices["H100"].source and devices["A100-80GB"].memory_bytes == 80 * 2**30
+    # torchtitan's H100 (Grand Teton): 2.4 TB/s of HBM2e, not the SXM part's 3.35
+    assert devices["H100-HBM2e-96GB"].bandwidth == 2.4e12 < devices["H100"].bandwidth
 
 
 def test_an_unknown_device_is_one_line_naming_the_key():
