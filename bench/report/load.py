@@ -28,7 +28,7 @@ SETTING = ["model", "model_path", "dim", "n_layers", "data", "batch_size", "seq_
            "machine"]
 # Keys that may vary between rows of one setting; those that do, label the rows.
 VARIANT_KEYS = ["rank", "include_head", "layers", "targets", "dropout", "init", "alpha", "rslora",
-                "lr_ratio", "lr", "phases", "backend", "impl", "quant", "dora", "checkpointing"]
+                "lr_ratio", "lr", "phases", "backend", "impl", "adapter_dtype", "quant", "dora", "checkpointing"]
 # The variants of bench/report/variants.py: a row with one of these set is compared with the same
 # row without it. Their plain values (records older than the keys ran plain).
 VARIANTS = {"quant": "none", "dora": False, "checkpointing": "none"}
@@ -172,6 +172,8 @@ def flatten(rec: Record, path: Path) -> dict:
         "strategy": i.strategy, "rank": i.rank, "model": i.model, "model_path": model_path(rec), "backend": i.backend,
         "include_head": i.include_head, "repeat": i.repeat, "started": i.started,
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
+        "adapter_dtype": (config_value(rec, "lora.adapter_dtype") or "base") if uses_lora and i.backend != "peft"
+        else None,
         "mode": mode(rec), "ranks": ranks(rec), **_variants(rec, uses_lora, i.strategy),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
         "dim": shape.dim if shape else config_value(rec, "model.dim"),

@@ -73,7 +73,8 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
         for d in p["devices"]:
             out.append({"model": r.model, "batch_size": r.batch_size, "seq_len": r.seq_len, "precision": r.precision,
                         "dtype": p["dtype"], "configuration": strategy_label(r) + variant_suffix(r)
-                        + (" +head" if r.include_head is True else ""),
+                        + (" +head" if r.include_head is True else "")
+                        + (" adapter_dtype=fp32" if r.get("adapter_dtype") == "fp32" else ""),
                         "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
                                                                                    p["split"].items()},
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],

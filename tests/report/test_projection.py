@@ -36,6 +36,14 @@ def test_every_projected_table_states_its_error_on_published_runs(tmp_path):
     assert "not known" in stated_error(tmp_path / "absent.json")
 
 
+def test_fp32_adapters_are_named_in_the_projected_table(tmp_path):
+    for name, extra in (("bf16", []), ("fp32", ["lora.adapter_dtype=fp32"])):
+        run_job(compose_cfg([*FAST, "strategy=lora_qk", "project.gpu=H100", "project.dtype=bf16", "data=random",
+                             *extra]), tmp_path / name)
+    md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
+    assert "| lora_qk r=8 | H100 |" in md and "| lora_qk r=8 adapter_dtype=fp32 | H100 |" in md
+
+
 def test_a_fit_within_the_reserves_stated_error_of_the_capacity_is_flagged(tmp_path):
     import json
 
