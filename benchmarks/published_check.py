@@ -11,7 +11,10 @@ per-interval values: ms per step = the sum of the logged train time over the int
 evaluation excluded), allocated = the mean of the per-interval mean allocated after each step.
 
 Stated limits of the comparison (not of the source): the projection builds lora-bench's native LoRA
-layer, not PEFT's (PEFT is refused under fake tensors: bench/project/job.py); every sequence is
+layer, not PEFT's (PEFT is refused under fake tensors: bench/project/job.py), with PEFT's fp32
+adapters under the bf16 base (lora.adapter_dtype=fp32); PEFT's "allocated after the step" is read
+while its loop holds the step's outputs, whose logits are added to the projected states (the
+table shows both); its reserved holds no CUDA context, nor does the compared reserve; every sequence is
 the mean real length (the source pads each batch to its longest, whose lengths it does not
 publish); and the host's cost per operation is the projection's fixed GPU host constant
 (bench/project/job.py) unless --host-op-us is given. Rows beyond PEFT's, each a check row, are in
