@@ -35,6 +35,15 @@ def test_the_published_figures_are_recomputed_from_the_intervals():
     assert round(lora["ms"], 1) == 123.9 and lora["allocated"] == pytest.approx(6.92e9, rel=1e-3)
 
 
+def test_the_loops_held_outputs_are_the_bf16_logits_and_the_loss():
+    """PEFT's loop reads memory_allocated() while `outputs` lives: batch x tokens x vocab bf16 logits."""
+    lora = next(r for r in RUNS if r["id"] == "peft-l40s-llama3b-lora-qv-r32")
+    assert check.held_by_the_loop(lora) == 4 * 210 * 128256 * 2 + 4  # 839.6 tokens a step: 210 a sequence
+    assert "lora.adapter_dtype=fp32" in check.overrides(lora, None)  # PEFT's autocast_adapter_dtype
+    full = next(r for r in RUNS if r["id"] == "peft-l40s-llama3b-full")
+    assert not any(o.startswith("lora.") for o in check.overrides(full, None))
+
+
 @pytest.mark.parametrize("run", RUNS, ids=[r["id"] for r in RUNS])
 def test_every_row_composes_into_a_valid_projection(run, cfg_of):
     cfg = cfg_of(*check.overrides(run, None))
