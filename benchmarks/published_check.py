@@ -13,8 +13,8 @@ evaluation excluded), allocated = the mean of the per-interval mean allocated af
 Stated limits of the comparison (not of the source): the projection builds lora-bench's native LoRA
 layer, not PEFT's (PEFT is refused under fake tensors: bench/project/job.py), with PEFT's fp32
 adapters under the bf16 base (lora.adapter_dtype=fp32); PEFT's "allocated after the step" is read
-while its loop holds the step's outputs, whose logits are added to the projected states (the
-table shows both); its reserved holds no CUDA context, nor does the compared reserve; every sequence is
+while its loop holds the step's outputs, whose logits and KV cache are added to the projected
+states (the table shows both); its reserved holds no CUDA context, nor does the compared reserve; every sequence is
 the mean real length (the source pads each batch to its longest, whose lengths it does not
 publish); and the host's cost per operation is the projection's fixed GPU host constant
 (bench/project/job.py) unless --host-op-us is given. Rows beyond PEFT's, each a check row, are in
@@ -79,10 +79,14 @@ def project_overrides(bench_overrides: list[str], work: Path, name: str):
 def held_by_the_loop(run: dict) -> int:
     """Bytes PEFT's training loop still holds when it reads memory_allocated() after the step
     (method_comparison/MetaMathQA/run.py): `outputs`, whose logits are batch x tokens x vocab in
-    the model's bf16 (transformers' loss upcasts its own copy, which is freed), and the loss."""
+    the model's bf16 (transformers' loss upcasts its own copy, which is freed), the loss, and the
+    KV cache transformers builds in training too (config.use_cache is true for Llama 3.2 and only
+    checkpointing turns it off; DynamicCache keeps each layer's bf16 keys and values)."""
     s = run["setting"]
-    cfg = composed(overrides(run, None))
-    return s["batch_size"] * round(published(run)["tokens_per_seq"]) * cfg.model.vocab_size * 2 + 4
+    m = composed(overrides(run, None)).model
+    tokens = s["batch_size"] * round(published(run)["tokens_per_seq"])
+    kv = 0 if s["checkpointing"] else 2 * m.n_layers * tokens * m.n_kv_heads * (m.dim // m.n_heads) * 2
+    return tokens * m.vocab_size * 2 + 4 + kv
 
 
 def project(run: dict, host_op_us: float | None, work: Path) -> dict:
@@ -272,7 +276,7 @@ def main(argv: list[str]) -> int:
                         f"{pub['reserved'] / 1e9:.2f} | {pred['reserved'] / 1e9:.2f} | {_err(pred['reserved'], pub['reserved'])} |")
     head = ["| row | role | job | GPU | published ms/step | PROJECTED ms/step | error | published allocated GB "
             "(mean, after the step) | PROJECTED weights+grads+optimizer GB | error | PROJECTED allocated after the step "
-            "GB (those + the logits PEFT's loop holds) | error | published reserved GB (mean) | PROJECTED reserve GB "
+            "GB (those + the logits and KV cache PEFT's loop holds) | error | published reserved GB (mean) | PROJECTED reserve GB "
             "(the allocator's, no CUDA context) | error |", "|" + "---|" * 15]
     from bench.project.devices import achieved
 
@@ -304,7 +308,7 @@ def main(argv: list[str]) -> int:
             errs = {k: statistics.median(abs(pred[k] / pub["allocated"] - 1) for pub, pred in these)
                     for k in ("states", "allocated")}
             lines.append(f"- Memory after the step, {role} rows: weights+grads+optimizer {100 * errs['states']:.0f}% "
-                         f"from the published allocated (median over {len(these)}); with the logits PEFT's loop holds, "
+                         f"from the published allocated (median over {len(these)}); with the logits and KV cache PEFT's loop holds, "
                          f"{100 * errs['allocated']:.0f}%.")
     if not args.only:
         with tempfile.TemporaryDirectory() as tmp:
