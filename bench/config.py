@@ -228,7 +228,8 @@ def _check_ranges(c: BenchConfig) -> None:
     _one_of("lora.impl", c.lora.impl, IMPLS)
     _one_of("lora.adapter_dtype", c.lora.adapter_dtype, ("base", "fp32"))
     if c.lora.adapter_dtype == "fp32" and (c.lora.impl, c.lora.backend) != ("eager", "native"):
-        raise ConfigError("lora.adapter_dtype", "is the native eager layer's (PEFT's own: peft.autocast_adapter_dtype)")
+        raise ConfigError("lora.adapter_dtype", "fp32 needs lora.backend=native and lora.impl=eager "
+                                                "(PEFT's own switch: peft.autocast_adapter_dtype)")
     if c.lora.impl == "fused" and c.lora.backend == "peft":
         raise ConfigError("lora.impl", "fused is this project's own layer; PEFT brings its own (use lora.backend=native)")
     if m.kind == "native" and not m.tie_embeddings:

@@ -51,7 +51,7 @@ SDPA_OPS = {getattr(_aten, n).default for n in ("_scaled_dot_product_flash_atten
                                                 "_scaled_dot_product_efficient_attention",
                                                 "_scaled_dot_product_cudnn_attention",
                                                 "_scaled_dot_product_flash_attention_for_cpu") if hasattr(_aten, n)}
-_MATMULS = {_aten.mm.default, _aten.addmm.default}
+_MATMULS = SAVED_OPS - {_aten.bmm.default}  # the linear layers' matmuls (attention's bmm is not torchtitan's mm)
 
 
 def op_policy():
