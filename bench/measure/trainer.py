@@ -66,6 +66,7 @@ class Trainer:
                          if t.precision in _DTYPES else nullcontext())
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.clip = t.grad_clip
+        self.foreach: bool | None = None  # clipping's multi-tensor kernels; None: the device's default
 
     def loss(self, batch: torch.Tensor, eager: bool = False) -> torch.Tensor:
         with self.autocast:
@@ -118,7 +119,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=self.foreach)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -93,6 +93,15 @@ def kernel_bytes(inputs: list, outputs: list) -> int:
     return total + sum(_footprint(local_shard(t)) for t in outputs if isinstance(t, torch.Tensor))
 
 
+def _written(func, args, out) -> list:
+    """What a kernel writes: its outputs, or, for an in-place op that returns nothing (the foreach
+    family: torch._foreach_mul_(exp_avg_sqs, beta2)), the arguments its schema marks as written."""
+    if func._schema.returns:
+        return tree_flatten(out)[0]
+    return tree_flatten([a for a, spec in zip(args, func._schema.arguments)
+                         if spec.alias_info is not None and spec.alias_info.is_write])[0]
+
+
 def _storage(t: torch.Tensor):
     try:
         return local_shard(t).untyped_storage()._cdata
@@ -109,6 +118,14 @@ class OpRecorder(TorchDispatchMode):
         self.gathered: dict[int, int] = {}  # an all-gather's output storage -> the collective's index
         self.stage = "forward"              # where in the step a collective is issued
         self.by_stage: dict[str, dict[str, dict[str, int]]] = {}  # stage -> kind -> {bytes, calls}
+        self.host: set[int] = set()         # storages that live in host memory on the target (AdamW's step counts)
+
+    def _host_only(self, args) -> bool:
+        """On CUDA, AdamW (foreach, not capturable) keeps each step count as a 0-dim CPU tensor: adding
+        to it and reading it (`.item()`, twice per parameter) run on the host, no kernel, no sync."""
+        tensors = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)]
+        return bool(self.host) and bool(tensors) and all(t.dim() == 0 for t in tensors) \
+            and any(_storage(t) in self.host for t in tensors)
 
     def collective(self, kind: str, t: torch.Tensor) -> None:
         """A collective as bench/distributed/comm.py counts it: issued here, its payload `t`."""
@@ -141,9 +158,9 @@ class OpRecorder(TorchDispatchMode):
         packet = func.overloadpacket
         count = flop_registry.get(packet) or _EXTRA.get(packet)
         flops = int(count(*args, **kwargs, out_val=out)) if count is not None else 0
-        kernel = _launches(func)
+        kernel = _launches(func) and not self._host_only((args, kwargs))
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-        moved = kernel_bytes(tree_flatten((args, kwargs))[0], tree_flatten(out)[0]) if kernel else 0
+        moved = kernel_bytes(tree_flatten((args, kwargs))[0], _written(func, args, out)) if kernel else 0
         floating = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         waits = self._waits(tree_flatten((args, kwargs))[0]) if kernel and self.gathered else None
         self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32"), waits=waits))
@@ -181,6 +198,9 @@ class FakeStep:
     comm: dict = dataclasses.field(default_factory=dict)  # kind -> {bytes, calls} of the observed step
     comm_by_stage: dict = dataclasses.field(default_factory=dict)  # forward | backward | optimizer -> the same
     ddp_bucket_bytes: int = 0
+    # LiveMemory's allocations and frees (bench/project/memory.py), the first `before_step` made before the step
+    events: list = dataclasses.field(default_factory=list)
+    before_step: int = 0
 
 
 def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool = False,
@@ -241,8 +261,10 @@ def _build(cfg: BenchConfig, dtype, world: int, counter, device_mesh, foreach: b
         s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
     buckets = parallel.DDPBuckets(s.model, counter, world) if world > 1 and device_mesh is None else None
     trainer = Trainer(s.model, cfg, s.adapters["B"])
-    if foreach:
-        trainer.optimizer = torch.optim.AdamW(trainer.optimizer.param_groups, foreach=True)
+    if foreach:  # each group's own foreach wins over a constructor's: None there means a CPU's per-tensor loop
+        for group in trainer.optimizer.param_groups:
+            group["foreach"] = True
+        trainer.foreach = True  # gradient clipping's too (torch._foreach_norm, torch._foreach_mul_)
     batches = list(s.train_batches(cfg, 1))
     for p in trainer.params:  # AdamW's state, as a first step makes it
         p.grad = torch.zeros_like(p)
@@ -265,6 +287,8 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
     counter, recorder = CommCounter(), OpRecorder()
     with FakeTensorMode(allow_non_fake_inputs=True), contextlib.ExitStack() as stack:
         s, trainer, buckets, batches = _build(cfg, dtype, world, counter, device_mesh, foreach)
+        if foreach:  # a CUDA target: the step counts stay on its host
+            recorder.host = {_storage(st["step"]) for st in trainer.optimizer.state.values() if "step" in st}
         if memtracker:
             tracker = (fsdp_memtracker if fsdp else _memtracker)(s.model, trainer.optimizer)
         else:
@@ -304,4 +328,5 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                     seconds=time.perf_counter() - t0, world=world,
                     comm={k: {"bytes": counter.bytes[k], "calls": counter.calls[k]} for k in counter.bytes},
                     comm_by_stage=recorder.by_stage,
-                    ddp_bucket_bytes=buckets.bytes if buckets is not None else 0)
+                    ddp_bucket_bytes=buckets.bytes if buckets is not None else 0,
+                    events=getattr(tracker, "events", []), before_step=getattr(tracker, "before_step", 0))

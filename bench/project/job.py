@@ -5,17 +5,18 @@ The record is of kind `projected`: its `projection` section holds every figure, 
 which devices it was projected. The report keeps it out of every measured verdict.
 
 Memory. MemTracker's peak is what the tensors hold. The CUDA caching allocator holds more: it
-rounds blocks and keeps freed ones cached, and the CUDA context takes memory of its own before
-any tensor. Both are modelled, not measured: reserved = factor x peak + CUDA_CONTEXT, the factor
-fitted on the published calibration rows' mean reserved (bench/project/achieved.json), or
-RESERVE_FACTOR where none is fitted (benchmarks/gpu_check.py records max_memory_reserved against
-max_memory_allocated on a lent GPU, which is how a GPU of this project's own would check them).
+rounds blocks, splits them and keeps freed ones cached, and the CUDA context takes memory of its
+own before any tensor. The first is replayed, not fitted: the step's allocations and frees, in
+order, run through the allocator's rules (bench/project/allocator.py) for a few steps, and the
+reserve is what memory_reserved() reads after them; the context is assumed (CUDA_CONTEXT). No
+constant is fitted to a published reserve: every one is a check (results/reference/published).
 A configuration fits when its reserve does.
 The largest batch that fits: the step has a peak per stage (forward, backward, optimizer). The
 forward's and the backward's are taken as affine in the batch, their slope the activations and
 temporaries at that peak per sample (weights, gradients, buffers and optimizer state do not grow
 with the batch); the optimizer's as constant. The batch's peak is the largest of the three (a test
-holds this to the fake steps of other batches on the same job).
+holds this to the fake steps of other batches on the same job), and its reserve the peak times this
+batch's replayed reserve over its peak.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ import torch
 
 from bench.config import BenchConfig, ConfigError
 from bench.project import links
-from bench.project.devices import Device, achieved, lookup
+from bench.project.allocator import replay
+from bench.project.devices import Device, lookup
 from bench.project.fake import fake_step
 from bench.project.timeline import project_time
 from bench.record.schema import DeviceProjection, Env, ModelShape, Params, Projection, Record
 
-RESERVE_FACTOR = 1.10      # the allocator's reserve over the tensors' own peak where none is fitted (assumed)
+RESERVE_FACTOR = 1.10      # the reserve over the peak where no allocation order was recorded (MemTracker's; assumed)
+REPLAYED_STEPS = 3         # identical steps: the second already reads what every later one does
 CUDA_CONTEXT = 512 * 2**20  # the CUDA context and cuBLAS workspace (assumed; typically 0.3-0.6 GiB)
 
 
@@ -38,15 +41,16 @@ def devices(cfg: BenchConfig) -> list[Device]:
     return [lookup(n) for n in cfg.project.gpu]
 
 
-def reserve_factor() -> float:
-    """The allocator's reserve over the peak: fitted on the published calibration rows
-    (bench/project/achieved.json, benchmarks/published_check.py --fit) where it holds one, else assumed."""
-    fit = achieved()
-    return fit.get("reserve_factor", RESERVE_FACTOR) if fit else RESERVE_FACTOR
+def reserve_factor(step) -> float:
+    """The allocator's reserve over the step's peak: the replayed caching allocator's after
+    REPLAYED_STEPS steps (bench/project/allocator.py), or RESERVE_FACTOR with no recorded order."""
+    if not step.events or not step.peak_bytes:
+        return RESERVE_FACTOR
+    return max(replay(step.events, step.before_step, REPLAYED_STEPS)) / step.peak_bytes
 
 
-def reserved(peak: int) -> int:
-    return int(reserve_factor() * peak) + CUDA_CONTEXT
+def reserved(peak: int, factor: float) -> int:
+    return int(factor * peak) + CUDA_CONTEXT
 
 
 def peak_at(stages: dict, batch: int, at: int) -> float:
@@ -58,11 +62,11 @@ def peak_at(stages: dict, batch: int, at: int) -> float:
     return out
 
 
-def largest_batch(memory: int, stages: dict, batch: int, limit: int = 1 << 20) -> int | None:
+def largest_batch(memory: int, stages: dict, batch: int, factor: float, limit: int = 1 << 20) -> int | None:
     """The largest batch whose modelled reserve fits `memory`; 0: not even 1; None: no stages."""
     if not stages:
         return None
-    fits = lambda b: reserved(int(peak_at(stages, batch, b))) <= memory  # noqa: E731
+    fits = lambda b: reserved(int(peak_at(stages, batch, b)), factor) <= memory  # noqa: E731
     if not fits(1):
         return 0
     lo, hi = 1, 2
@@ -110,15 +114,16 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     rec.env = Env(torch=torch.__version__, python="", device="projected", device_name=names, cuda=None, cpu="",
                   cpu_count=None, threads=torch.get_num_threads(), hostname="", git_commit=None,
                   machine=f"projection onto {names} (not measured)")
+    factor = reserve_factor(step)
     out = []
     for d in targets:
         fab = links.fabric(d.name, world, cfg.project.nodes, cfg.project.link, cfg.project.network) if world > 1 else None
         tl = project_time(timed.ops, d, op_s, fabric=fab)
-        res = reserved(step.peak_bytes)
+        res = reserved(step.peak_bytes, factor)
         out.append(DeviceProjection(
             device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
             fits=res <= d.memory_bytes,
-            largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size),
+            largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size, factor),
             step_ms=tl.step_s * 1e3, host_ms=tl.host_s * 1e3, busy_ms=tl.busy_s * 1e3, compute_ms=tl.compute_s * 1e3,
             memory_ms=tl.memory_s * 1e3, idle_fraction=tl.idle_fraction, bound=tl.bound, kernels=tl.kernels,
             host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6, host_wait_ms=tl.host_wait_s * 1e3,

@@ -41,6 +41,9 @@ class LiveMemory(TorchDispatchMode):
         self.live: dict[int, tuple[int, str]] = {}
         self.total = self.peak = 0
         self.at_peak: dict = dict(self.current)
+        # (storage, bytes) allocated, (storage, -1) freed, in order: bench/project/allocator.py replays them
+        self.events: list[tuple[int, int]] = []
+        self._unnamed = 0
         for p in model.parameters():
             self._fixed(p, "parameters")
         for b in model.buffers():
@@ -50,18 +53,19 @@ class LiveMemory(TorchDispatchMode):
                 if torch.is_tensor(v):
                     self._fixed(v, "optimizer")
         self._hooks = [p.register_post_accumulate_grad_hook(self._grad) for p in model.parameters() if p.requires_grad]
+        self.before_step = len(self.events)  # what exists before the step: weights, buffers, AdamW's state
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def _fixed(self, t: torch.Tensor, category: str) -> None:
         t = local_shard(t)
         packed = counters.stored_bytes(t)
-        if packed != t.numel() * t.element_size():  # a 4-bit weight: its codes and scales, held all step
-            self._move(packed, category)
-        elif not self._track(t, category):
-            self._move(packed, category)
+        if packed != t.numel() * t.element_size() or not self._track(t, category):  # a 4-bit weight: packed
+            self.hold(packed, category)
 
     def hold(self, nbytes: int, category: str) -> None:
         """Bytes held all step that no operation of the step creates (DDP's gradient buckets)."""
+        self._unnamed -= 1
+        self.events.append((self._unnamed, nbytes))
         self._move(nbytes, category)
 
     def _move(self, nbytes: int, category: str) -> None:
@@ -81,6 +85,7 @@ class LiveMemory(TorchDispatchMode):
         if key not in self.live:
             n = st.nbytes()
             self.live[key] = (n, category)
+            self.events.append((key, n))
             weakref.finalize(st, self._free, key)
             self._move(n, category)
         return True
@@ -88,6 +93,7 @@ class LiveMemory(TorchDispatchMode):
     def _free(self, key: int) -> None:
         n, category = self.live.pop(key, (0, None))
         if category is not None:
+            self.events.append((key, -1))
             self.current[category] -= n
             self.total -= n
 
@@ -121,6 +127,7 @@ class LiveMemory(TorchDispatchMode):
         self.current[category] -= old
         self.total -= old
         self.live[key] = (n, "parameters")
+        self.events += [(key, -1)] * (old > 0) + [(key, n)] * (n > 0)
         self._move(n, "parameters")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

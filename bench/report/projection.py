@@ -165,9 +165,9 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                                  "the device's peak, bytes over its bandwidth) on a device timeline fed by a host that "
                                  "issues every operation at a fixed cost plus a kernel launch "
                                  "(bench/project/timeline.py); with several ranks, rank 0 under a fake process group, "
-                                 "its collectives priced on the named link (bench/project/links.py). reserve: the modelled allocator "
-                                 "reserve, a factor x the peak + 0.5 GiB of CUDA context (bench/project/job.py: the factor "
-                                 "fitted on published runs' mean memory_reserved(), the context assumed). Nothing here was measured "
+                                 "its collectives priced on the named link (bench/project/links.py). reserve: the caching allocator's "
+                                 "reserve, the step's allocations replayed through its rules (bench/project/allocator.py), "
+                                 "+ 0.5 GiB of CUDA context (assumed). Nothing here was measured "
                                  "on the device; docs/projection.md says how far it is trusted."),
                            ("p", stated_error())]
     for n, (key, g) in enumerate(t.groupby(GROUP, sort=False, dropna=False)):

@@ -96,3 +96,34 @@ def test_a_kernel_moves_each_distinct_input_once_and_a_broadcast_input_once():
     out = x * y
     assert kernel_bytes([x, y], [out]) == 4 * 4 + 32 * 4 + 32 * 4
     assert kernel_bytes([y, y], [out]) == 32 * 4 + 32 * 4  # y * y reads y once
+
+
+def test_foreach_adamw_holds_every_second_moments_square_root_at_once():
+    """On CUDA AdamW is foreach: torch._foreach_sqrt(exp_avg_sqs) makes every second moment's square
+    root at once, one temporary each, all alive until the update: the optimizer's temporaries are the
+    second moments' bytes (bf16 here, the parameters' dtype: the gradients' bytes). The per-tensor
+    loop a CPU runs holds one parameter's (its root and the root over the bias correction) at a time."""
+    cfg = _cfg("strategy=full", "project.dtype=bf16")
+    multi, loop = fake_step(cfg, foreach=True), fake_step(cfg)
+    loss = 4  # the step's fp32 loss, still alive
+    assert multi.stages["optimizer"]["batch_bytes"] == multi.grads_bytes + loss
+    assert loop.stages["optimizer"]["batch_bytes"] < multi.grads_bytes // 2
+    n_params = sum(1 for op in loop.ops if op.name == "aten.sqrt")
+    assert n_params > 10 and sum(1 for op in multi.ops if op.name == "aten.sqrt") == 0
+    assert [op.name for op in multi.ops].count("aten._foreach_sqrt") == 1  # one group, one dtype: one launch
+    assert all(not op.kernel for op in multi.ops if op.name == "aten._local_scalar_dense")  # step.item(): host only
+
+
+def test_foreach_kernels_move_what_the_per_tensor_loop_moves():
+    """A foreach op that updates lists in place returns nothing: what it writes are the lists its
+    schema marks as written. AdamW's second-moment update reads exp_avg_sq and the gradient (passed
+    twice, read once) and writes exp_avg_sq: three times the gradients' bytes (all bf16 here)."""
+    cfg = _cfg("strategy=full", "project.dtype=bf16", "train.grad_clip=1.0")
+    multi, loop = fake_step(cfg, foreach=True), fake_step(cfg)
+    g = multi.grads_bytes
+    by_name = {op.name: op.bytes for op in multi.ops}
+    assert by_name["aten._foreach_addcmul_"] == 3 * g and by_name["aten._foreach_sqrt"] == 2 * g
+    assert by_name["aten._foreach_addcdiv_"] == 4 * g  # params, exp_avg, the root read; params written
+    assert "aten._foreach_norm" in by_name  # clipping's norms: one launch for every gradient
+    # the same arithmetic tensor by tensor: the same bytes, bar the clipping's per-tensor scalars
+    assert sum(op.bytes for op in multi.ops) == pytest.approx(sum(op.bytes for op in loop.ops), rel=1e-4)

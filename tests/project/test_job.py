@@ -4,35 +4,43 @@ import json
 import pytest
 
 from bench.job import run_job
+from bench.project.allocator import replay
 from bench.project.job import CUDA_CONTEXT, largest_batch, reserve_factor, reserved
 from tests.conftest import FAST, ROOT, compose_cfg, run_cli
 
 
 def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
-    rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "project.gpu=[H100,RTX4090]", "data=random"]), tmp_path)
+    cfg = compose_cfg([*FAST, "strategy=lora_all", "project.gpu=[H100,RTX4090]", "data=random"])
+    rec = run_job(cfg, tmp_path)
     assert rec.status == "ok" and rec.kind == "projected"
     assert rec.time is None and rec.memory is None and rec.work is None and rec.paired is None
     assert "projection onto H100, RTX4090 (not measured)" == rec.env.machine
     p = rec.projection
     assert [d.device for d in p.devices] == ["H100", "RTX4090"]
+    from bench.config import load_config
+    from bench.project.fake import fake_step
+
+    step = fake_step(load_config(cfg), foreach=True)  # the same step again: the same allocations, replayed
+    cached = max(replay(step.events, step.before_step, 3))
+    assert step.peak_bytes == p.peak_bytes and cached >= p.peak_bytes
     for d in p.devices:
-        assert d.reserved_bytes == reserved(p.peak_bytes) and d.fits == (d.reserved_bytes <= d.memory_bytes)
+        assert d.reserved_bytes == cached + CUDA_CONTEXT and d.fits == (d.reserved_bytes <= d.memory_bytes)
         assert d.step_ms >= max(d.host_ms, d.busy_ms) * 0.999 and d.bound in ("host", "device")
     assert p.split["parameters"] > 0 and p.ops_per_step > 0
 
 
-def test_the_reserve_and_the_largest_batch_closed_forms(monkeypatch):
-    import bench.project.job as job
+def test_the_reserve_and_the_largest_batch_closed_forms():
+    from types import SimpleNamespace
 
-    assert reserved(1000) == int(reserve_factor() * 1000) + CUDA_CONTEXT
-    monkeypatch.setattr(job, "reserve_factor", lambda: 1.1)
+    assert reserved(1000, 1.1) == 1100 + CUDA_CONTEXT
+    assert reserve_factor(SimpleNamespace(events=[], before_step=0, peak_bytes=10)) == 1.10  # no order recorded
     gib = 2**30
     # measured at batch 4: the forward peaks at 14 GiB with 4 GiB that grow (10 fixed + 1 per sample), the
     # optimizer at 12 GiB; on a 24 GiB card: (24 - 0.5) / 1.1 - 10 = 11.36 -> 11 samples
     stages = {"forward": {"peak": 14 * gib, "batch_bytes": 4 * gib}, "optimizer": {"peak": 12 * gib, "batch_bytes": 0}}
-    assert largest_batch(24 * gib, stages, 4) == 11
-    assert largest_batch(12 * gib, stages, 4) == 0  # the optimizer's peak alone does not fit
-    assert largest_batch(24 * gib, {}, 4) is None
+    assert largest_batch(24 * gib, stages, 4, 1.1) == 11
+    assert largest_batch(12 * gib, stages, 4, 1.1) == 0  # the optimizer's peak alone does not fit
+    assert largest_batch(24 * gib, {}, 4, 1.1) is None
 
 
 @pytest.mark.parametrize("extra, key, word", [
