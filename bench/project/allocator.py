@@ -9,11 +9,12 @@ The rules are c10/cuda/CUDACachingAllocator.cpp's defaults (no PYTORCH_CUDA_ALLO
   address first), split when the rest is worth keeping (small pool: at least 512 bytes; large pool:
   more than 1 MiB); only when none fits is a new segment allocated (cudaMalloc);
 - a freed block is cached, merged with free neighbours of its own segment, never returned to the
-  device; `empty_cache()` returns the segments that are wholly free.
+  device; `empty_cache()` returns the segments that are wholly free;
+- on a device of `capacity` bytes, a segment that would not fit first makes the allocator return
+  every wholly free segment and try again (release_cached_blocks); only then is it out of memory.
 So the reserve is the tensors' peak plus what rounding, splitting and caching leave unusable: it
 depends on the order and the sizes of the allocations, which is why one factor over the peak cannot
-hold for every job. Not modelled: streams other than the default one, expandable segments, the
-retry that frees the cache when cudaMalloc fails (a job near the device's capacity reserves less).
+hold for every job. Not modelled: streams other than the default one, expandable segments, other processes on the device.
 """
 from __future__ import annotations
 
@@ -51,8 +52,13 @@ class Block:
     next: "Block | None" = None
 
 
+class OutOfMemory(Exception):
+    pass
+
+
 class CachingAllocator:
-    def __init__(self):
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
         self.pools: dict[bool, list[tuple[int, int, Block]]] = {True: [], False: []}  # free: (size, addr, block)
         self.segments: dict[int, int] = {}  # segment base -> its size
         self.next_addr = 0
@@ -75,6 +81,10 @@ class CachingAllocator:
             b = pool.pop(i)[2]
         else:  # cudaMalloc a new segment
             seg = segment_size(size)
+            if self.capacity is not None and self.reserved + seg > self.capacity:
+                self.empty_cache()  # what is cached goes back to the device, and the allocation is tried again
+                if self.reserved + seg > self.capacity:
+                    raise OutOfMemory(f"{size} bytes with {self.allocated} allocated of {self.capacity}")
             b = Block(self.next_addr, seg, small, self.next_addr)
             self.segments[b.addr] = seg
             self.next_addr += seg
@@ -116,11 +126,12 @@ class CachingAllocator:
                 self.reserved -= self.segments.pop(e[2].segment)
 
 
-def replay(events: list[tuple[int, int]], before_step: int, steps: int = 10) -> list[int]:
+def replay(events: list[tuple[int, int]], before_step: int, steps: int = 10, capacity: int | None = None) -> list[int]:
     """memory_reserved() after each of `steps` identical steps, from an empty cache: the allocations
     made before the step (weights, buffers, AdamW's state) once, then the step's, again and again. What
-    a step leaves alive (its loss) is dropped as the next one begins; a negative key is held all run."""
-    a = CachingAllocator()
+    a step leaves alive (its loss) is dropped as the next one begins; a negative key is held all run.
+    On a device of `capacity` bytes it raises OutOfMemory where the allocator would."""
+    a = CachingAllocator(capacity)
     live: dict[int, Block] = {}
 
     def run(part, first: bool) -> None:

@@ -10,7 +10,9 @@ own before any tensor. The first is replayed, not fitted: the step's allocations
 order, run through the allocator's rules (bench/project/allocator.py) for a few steps, and the
 reserve is what memory_reserved() reads after them; the context is assumed (CUDA_CONTEXT). No
 constant is fitted to a published reserve: every one is a check (results/reference/published).
-A configuration fits when its reserve does.
+A configuration fits when the allocator, replayed at the device's capacity, never runs out: past the
+capacity it returns its cache and tries again, as c10's does, so the reserve on a device may be
+smaller than the unbounded one.
 The largest batch that fits: the step has a peak per stage (forward, backward, optimizer). The
 forward's and the backward's are taken as affine in the batch, their slope the activations and
 temporaries at that peak per sample (weights, gradients, buffers and optimizer state do not grow
@@ -26,7 +28,7 @@ import torch
 
 from bench.config import BenchConfig, ConfigError
 from bench.project import links
-from bench.project.allocator import replay
+from bench.project.allocator import OutOfMemory, replay
 from bench.project.devices import Device, lookup
 from bench.project.fake import fake_step
 from bench.project.timeline import project_time
@@ -51,6 +53,19 @@ def reserve_factor(step) -> float:
 
 def reserved(peak: int, factor: float) -> int:
     return int(factor * peak) + CUDA_CONTEXT
+
+
+def on_device(step, memory: int, unbounded: int) -> tuple[int, bool]:
+    """The reserve on a device of `memory` bytes, and whether the step fits there. Where the unbounded
+    reserve exceeds the device, the allocator is replayed at its capacity (less the CUDA context): it
+    returns its cache and tries again before it gives up, so a step whose tensors fit may still run;
+    out of memory, the reserve it would need is the unbounded one."""
+    if unbounded <= memory or not step.events:
+        return unbounded, unbounded <= memory
+    try:
+        return max(replay(step.events, step.before_step, REPLAYED_STEPS, memory - CUDA_CONTEXT)) + CUDA_CONTEXT, True
+    except OutOfMemory:
+        return unbounded, False
 
 
 def peak_at(stages: dict, batch: int, at: int) -> float:
@@ -119,11 +134,12 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     for d in targets:
         fab = links.fabric(d.name, world, cfg.project.nodes, cfg.project.link, cfg.project.network) if world > 1 else None
         tl = project_time(timed.ops, d, op_s, fabric=fab)
-        res = reserved(step.peak_bytes, factor)
+        res, fits = on_device(step, d.memory_bytes, reserved(step.peak_bytes, factor))
+        here = (res - CUDA_CONTEXT) / step.peak_bytes if step.peak_bytes else factor  # this device's reserve over the peak
         out.append(DeviceProjection(
             device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
-            fits=res <= d.memory_bytes,
-            largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size, factor),
+            fits=fits,
+            largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size, here),
             step_ms=tl.step_s * 1e3, host_ms=tl.host_s * 1e3, busy_ms=tl.busy_s * 1e3, compute_ms=tl.compute_s * 1e3,
             memory_ms=tl.memory_s * 1e3, idle_fraction=tl.idle_fraction, bound=tl.bound, kernels=tl.kernels,
             host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6, host_wait_ms=tl.host_wait_s * 1e3,

@@ -1,5 +1,7 @@
 """The caching allocator replayed: each rule of c10's CUDACachingAllocator in closed form."""
-from bench.project.allocator import CachingAllocator, replay, round_size, segment_size
+import pytest
+
+from bench.project.allocator import CachingAllocator, OutOfMemory, replay, round_size, segment_size
 
 MiB = 1 << 20
 
@@ -69,3 +71,26 @@ def test_replay_reads_the_reserve_after_each_step():
     # the hold's 20 MiB segment also serves the 12 MiB tensor (best fit: its 16 MiB rest); the step's 30 MiB
     # needs a segment of its own, and the 10 MiB is carved from it once freed: 50 MiB, the same every step
     assert reads == [50 * MiB] * 3
+
+
+def test_at_its_capacity_the_allocator_returns_its_cache_and_tries_again():
+    """40 MiB freed and cached (a 30 MiB request reuses it), then a 50 MiB request it cannot serve:
+    unbounded, a new segment (90 MiB reserved); on a 70 MiB device the cached segment goes back first
+    and the request then fits (50 MiB reserved); with 40 MiB live, it fails whatever the cache gives
+    back, as c10's would."""
+    a = CachingAllocator()
+    a.free(a.malloc(40 * MiB))
+    a.free(a.malloc(30 * MiB))
+    a.malloc(50 * MiB)
+    assert a.reserved == 90 * MiB
+    b = CachingAllocator(capacity=70 * MiB)
+    b.free(b.malloc(40 * MiB))
+    b.free(b.malloc(30 * MiB))
+    b.malloc(50 * MiB)  # 40 + 50 > 70: the cached 40 MiB goes back, then 50 fits
+    assert b.reserved == 50 * MiB
+    c = CachingAllocator(capacity=70 * MiB)
+    keep = c.malloc(40 * MiB)
+    c.free(c.malloc(30 * MiB))
+    with pytest.raises(OutOfMemory):
+        c.malloc(50 * MiB)  # 40 live + 50 > 70, whatever the cache gives back
+    assert keep.segment in c.segments and c.reserved == 40 * MiB

@@ -124,3 +124,20 @@ def test_ranks_over_several_nodes_are_priced_on_the_network(tmp_path):
     expected = allreduce["calls"] * ib.latency_s + 2 * 3 / 4 * allreduce["bytes"] / ib.bus_bandwidth
     assert d.comm_ms == pytest.approx(expected * 1e3)
     assert d.step_ms == pytest.approx(d.busy_ms + d.host_wait_ms + d.exposed_comm_ms)
+
+
+def test_a_step_whose_tensors_fit_runs_where_the_allocator_gives_its_cache_back():
+    """40 MiB made and freed, then 50 MiB: unbounded, the allocator holds both segments (90 MiB); on a
+    device with 70 MiB beside the CUDA context it returns the cached 40 MiB first and fits in 50 MiB;
+    with 45 MiB the 50 MiB tensor cannot fit at all."""
+    from types import SimpleNamespace
+
+    from bench.project.job import on_device
+
+    mib = 2**20
+    step = SimpleNamespace(events=[(1, 40 * mib), (1, -1), (2, 50 * mib), (2, -1)], before_step=0, peak_bytes=50 * mib)
+    unbounded = max(replay(step.events, 0, 3)) + CUDA_CONTEXT
+    assert unbounded == 90 * mib + CUDA_CONTEXT
+    assert on_device(step, CUDA_CONTEXT + 70 * mib, unbounded) == (50 * mib + CUDA_CONTEXT, True)
+    assert on_device(step, CUDA_CONTEXT + 45 * mib, unbounded) == (unbounded, False)
+    assert on_device(step, 2 * unbounded, unbounded) == (unbounded, True)  # never near the capacity: no replay
