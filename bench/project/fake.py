@@ -315,6 +315,8 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                 tracker.settle_grads(trainer.params)
             tracker.stage = recorder.stage = "optimizer"
             trainer._update()
+        # the step's allocations and frees end here: what the model and optimizer free as they are collected is not the step's
+        events = list(getattr(tracker, "events", []))
         counter.listener = None
         if buckets is not None:
             buckets.close()
@@ -329,4 +331,4 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                     comm={k: {"bytes": counter.bytes[k], "calls": counter.calls[k]} for k in counter.bytes},
                     comm_by_stage=recorder.by_stage,
                     ddp_bucket_bytes=buckets.bytes if buckets is not None else 0,
-                    events=getattr(tracker, "events", []), before_step=getattr(tracker, "before_step", 0))
+                    events=events, before_step=getattr(tracker, "before_step", 0))

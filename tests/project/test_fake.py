@@ -127,3 +127,16 @@ def test_foreach_kernels_move_what_the_per_tensor_loop_moves():
     assert "aten._foreach_norm" in by_name  # clipping's norms: one launch for every gradient
     # the same arithmetic tensor by tensor: the same bytes, bar the clipping's per-tensor scalars
     assert sum(op.bytes for op in multi.ops) == pytest.approx(sum(op.bytes for op in loop.ops), rel=1e-4)
+
+
+def test_the_recorded_allocations_end_with_the_step():
+    """What the allocator replays (bench/project/allocator.py): the weights, buffers and AdamW's
+    state allocated before the step and never freed in it (their collection after the step is not
+    the step's); every gradient the step makes is freed by its zero_grad."""
+    step = fake_step(_cfg("strategy=full", "project.dtype=bf16"), foreach=True)
+    before = {k for k, n in step.events[:step.before_step]}
+    freed = {k for k, n in step.events[step.before_step:] if n < 0}
+    made = {k for k, n in step.events[step.before_step:] if n >= 0}
+    assert before and not before & freed
+    assert sum(n for k, n in step.events[:step.before_step]) >= step.weights_bytes + step.optimizer_bytes
+    assert len(made - freed) <= 2  # the loss and what holds it, alive until the next step replaces them
