@@ -63,6 +63,7 @@ class CachingAllocator:
         self.segments: dict[int, int] = {}  # segment base -> its size
         self.next_addr = 0
         self.reserved = self.allocated = 0
+        self.retries = 0  # times the capacity made it return its cache (c10 counts them as num_alloc_retries)
 
     def _cache(self, b: Block) -> None:
         b.free = True
@@ -83,6 +84,7 @@ class CachingAllocator:
             seg = segment_size(size)
             if self.capacity is not None and self.reserved + seg > self.capacity:
                 self.empty_cache()  # what is cached goes back to the device, and the allocation is tried again
+                self.retries += 1
                 if self.reserved + seg > self.capacity:
                     raise OutOfMemory(f"{size} bytes with {self.allocated} allocated of {self.capacity}")
             b = Block(self.next_addr, seg, small, self.next_addr)
@@ -126,7 +128,13 @@ class CachingAllocator:
                 self.reserved -= self.segments.pop(e[2].segment)
 
 
-def replay(events: list[tuple[int, int]], before_step: int, steps: int = 10, capacity: int | None = None) -> list[int]:
+@dataclasses.dataclass
+class Replayed:
+    reserved: list[int]  # memory_reserved() after each step
+    retries: list[int]   # each step's returns of the cache at the capacity
+
+
+def replay(events: list[tuple[int, int]], before_step: int, steps: int = 10, capacity: int | None = None) -> Replayed:
     """memory_reserved() after each of `steps` identical steps, from an empty cache: the allocations
     made before the step (weights, buffers, AdamW's state) once, then the step's, again and again. What
     a step leaves alive (its loss) is dropped as the next one begins; a negative key is held all run.
@@ -147,10 +155,12 @@ def replay(events: list[tuple[int, int]], before_step: int, steps: int = 10, cap
 
     run(events[:before_step], True)
     held = set(live)
-    out = []
+    out = Replayed([], [])
     for i in range(steps):
+        before = a.retries
         run(events[before_step:], i == 0)
-        out.append(a.reserved)
+        out.reserved.append(a.reserved)
+        out.retries.append(a.retries - before)
         for key in [k for k in live if k not in held and k >= 0]:
             a.free(live.pop(key))
     return out

@@ -48,24 +48,27 @@ def reserve_factor(step) -> float:
     REPLAYED_STEPS steps (bench/project/allocator.py), or RESERVE_FACTOR with no recorded order."""
     if not step.events or not step.peak_bytes:
         return RESERVE_FACTOR
-    return max(replay(step.events, step.before_step, REPLAYED_STEPS)) / step.peak_bytes
+    return max(replay(step.events, step.before_step, REPLAYED_STEPS).reserved) / step.peak_bytes
 
 
 def reserved(peak: int, factor: float) -> int:
     return int(factor * peak) + CUDA_CONTEXT
 
 
-def on_device(step, memory: int, unbounded: int) -> tuple[int, bool]:
-    """The reserve on a device of `memory` bytes, and whether the step fits there. Where the unbounded
-    reserve exceeds the device, the allocator is replayed at its capacity (less the CUDA context): it
-    returns its cache and tries again before it gives up, so a step whose tensors fit may still run;
-    out of memory, the reserve it would need is the unbounded one."""
+def on_device(step, memory: int, unbounded: int) -> tuple[int, bool, int | None]:
+    """The reserve on a device of `memory` bytes, whether the step fits there, and how often per step
+    the allocator returns its cache to fit. Where the unbounded reserve exceeds the device, the
+    allocator is replayed at its capacity (less the CUDA context): it returns its cache and tries
+    again before it gives up, so a step whose tensors fit may still run (each retry frees and
+    re-allocates device memory, which synchronises: a slower step than projected); out of memory,
+    the reserve it would need is the unbounded one."""
     if unbounded <= memory or not step.events:
-        return unbounded, unbounded <= memory
+        return unbounded, unbounded <= memory, 0 if step.events else None
     try:
-        return max(replay(step.events, step.before_step, REPLAYED_STEPS, memory - CUDA_CONTEXT)) + CUDA_CONTEXT, True
+        r = replay(step.events, step.before_step, REPLAYED_STEPS, memory - CUDA_CONTEXT)
     except OutOfMemory:
-        return unbounded, False
+        return unbounded, False, None
+    return max(r.reserved) + CUDA_CONTEXT, True, r.retries[-1]
 
 
 def peak_at(stages: dict, batch: int, at: int) -> float:
@@ -134,7 +137,7 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     for d in targets:
         fab = links.fabric(d.name, world, cfg.project.nodes, cfg.project.link, cfg.project.network) if world > 1 else None
         tl = project_time(timed.ops, d, op_s, fabric=fab)
-        res, fits = on_device(step, d.memory_bytes, reserved(step.peak_bytes, factor))
+        res, fits, retries = on_device(step, d.memory_bytes, reserved(step.peak_bytes, factor))
         here = (res - CUDA_CONTEXT) / step.peak_bytes if step.peak_bytes else factor  # this device's reserve over the peak
         out.append(DeviceProjection(
             device=d.name, source=d.source, memory_bytes=d.memory_bytes, reserved_bytes=res,
@@ -146,7 +149,8 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
             comm_ms=tl.comm_s * 1e3, exposed_comm_ms=tl.comm_wait_s * 1e3,
             comm_ms_by_kind={k: v * 1e3 for k, v in (tl.comm_by_kind or {}).items()},
             link=fab.describe() if fab else None,
-            link_source="; ".join(dict.fromkeys(x.source for x in (fab.link, fab.network) if x)) if fab else None))
+            link_source="; ".join(dict.fromkeys(x.source for x in (fab.link, fab.network) if x)) if fab else None,
+            alloc_retries=retries))
     rec.projection = Projection(
         dtype=cfg.project.dtype, peak_bytes=step.peak_bytes, split=step.split, per_sample_bytes=per_sample,
         stages=step.stages,

@@ -1,9 +1,8 @@
 """The job record (metrics.json), as typed sections.
 
-One record per job, whatever happened to it. `Record.to_json()` writes it, `Record.from_json()`
-reads it back with every field checked against its type, so the analysis reads attributes,
-never `.get(...)` with a silent default. Schema 1 records (before the sections were typed)
-are upgraded on read; an unknown schema is refused with one line.
+One record per job, whatever happened to it. `Record.to_json()` writes it, `Record.from_json()` reads
+it back with every field checked against its type, so the analysis reads attributes, never `.get(...)`
+with a silent default. Schema 1 records are upgraded on read; an unknown schema is refused in one line.
 
 This module is plain Python on purpose: the analysis side imports it, and must not reach torch.
 """
@@ -214,12 +213,13 @@ class DeviceProjection:
     kernels: int
     host_op_us: float           # the host's cost per operation (Projection.host_calibration says whence)
     launch_us: float            # a kernel launch's, on top
-    host_wait_ms: Optional[float] = None     # the step's parts: compute (busy_ms), waiting for the host,
-    exposed_comm_ms: Optional[float] = None  # waiting for a collective
+    host_wait_ms: Optional[float] = None     # the step's parts: compute (busy_ms), waiting for the host, or
+    exposed_comm_ms: Optional[float] = None  # for a collective
     comm_ms: Optional[float] = None          # the link busy (overlapped or not), and per kind of collective
     comm_ms_by_kind: dict = field(default_factory=dict)
     link: Optional[str] = None               # what the ranks' ring crosses (bench/project/links.py), and whence
     link_source: Optional[str] = None
+    alloc_retries: Optional[int] = None      # per step: the allocator out of room, its cache returned, retried
 
 
 @dataclass

@@ -130,6 +130,12 @@ def _why(r: pd.Series, full: pd.Series) -> str:
             f"{r.step_ms:.1f} against {full.step_ms:.1f} ms), {cause}")
 
 
+def _retried(r: pd.Series) -> str:
+    return (f"{r.configuration} on {r.device}: fits only as the caching allocator, out of room, returns its cache "
+            f"and retries, {int(r.alloc_retries)} time(s) a step (PyTorch's num_alloc_retries): each retry frees "
+            "and re-allocates device memory and synchronises, so that step will be slower than projected")
+
+
 def _fit(r: pd.Series) -> str:
     big = "" if r.largest_batch is None or r.largest_batch != r.largest_batch else f", largest batch {int(r.largest_batch)}"
     return (f"{r.configuration} on {r.device}: reserve {r.reserved_bytes / GIB:.1f} of {r.memory_bytes / GIB:.0f} GiB, "
@@ -191,6 +197,7 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
             edge = at_the_edge(dg, reserve_error())
             if edge:
                 lines.append(edge)
+            lines += [_retried(r) for _, r in dg.iterrows() if r.fits and r.get("alloc_retries", 0) > 0]
             if full is not None:
                 lines += [_why(r, full) for _, r in dg.iterrows() if not r.plain_full and r.step_ms > full.step_ms]
             if ranks > 1:

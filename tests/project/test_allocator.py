@@ -70,27 +70,16 @@ def test_replay_reads_the_reserve_after_each_step():
     reads = replay(before + step, len(before), steps=3)
     # the hold's 20 MiB segment also serves the 12 MiB tensor (best fit: its 16 MiB rest); the step's 30 MiB
     # needs a segment of its own, and the 10 MiB is carved from it once freed: 50 MiB, the same every step
-    assert reads == [50 * MiB] * 3
-
-
-def test_at_its_capacity_the_allocator_returns_its_cache_and_tries_again():
-    """40 MiB freed and cached (a 30 MiB request reuses it), then a 50 MiB request it cannot serve:
-    unbounded, a new segment (90 MiB reserved); on a 70 MiB device the cached segment goes back first
-    and the request then fits (50 MiB reserved); with 40 MiB live, it fails whatever the cache gives
-    back, as c10's would."""
-    a = CachingAllocator()
-    a.free(a.malloc(40 * MiB))
-    a.free(a.malloc(30 * MiB))
-    a.malloc(50 * MiB)
-    assert a.reserved == 90 * MiB
-    b = CachingAllocator(capacity=70 * MiB)
-    b.free(b.malloc(40 * MiB))
-    b.free(b.malloc(30 * MiB))
-    b.malloc(50 * MiB)  # 40 + 50 > 70: the cached 40 MiB goes back, then 50 fits
-    assert b.reserved == 50 * MiB
-    c = CachingAllocator(capacity=70 * MiB)
-    keep = c.malloc(40 * MiB)
-    c.free(c.malloc(30 * MiB))
+    assert reads.reserved == [50 * MiB] * 3 and reads.retries == [0] * 3
+    # on a 40 MiB device: the 30 MiB cannot join the 20 MiB segment, which holds live tensors: out of memory
     with pytest.raises(OutOfMemory):
-        c.malloc(50 * MiB)  # 40 live + 50 > 70, whatever the cache gives back
-    assert keep.segment in c.segments and c.reserved == 40 * MiB
+        replay(before + step, len(before), steps=3, capacity=40 * MiB)
+
+
+def test_a_retry_is_counted_in_the_step_that_needs_it():
+    """20 MiB made and freed, then 50 MiB, on a 60 MiB device: the first step finds the cached 20 MiB
+    segment in the way and returns it once; from the second on, the 20 MiB is carved from the cached
+    50 MiB block and merged back when freed, so the 50 MiB request finds it whole: no retry."""
+    step = [(1, 20 * MiB), (1, -1), (2, 50 * MiB), (2, -1)]
+    reads = replay(step, 0, steps=3, capacity=60 * MiB)
+    assert reads.retries == [1, 0, 0] and reads.reserved == [50 * MiB] * 3

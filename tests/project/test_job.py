@@ -21,10 +21,11 @@ def test_a_projected_record_says_so_and_holds_no_measured_section(tmp_path):
     from bench.project.fake import fake_step
 
     step = fake_step(load_config(cfg), foreach=True)  # the same step again: the same allocations, replayed
-    cached = max(replay(step.events, step.before_step, 3))
+    cached = max(replay(step.events, step.before_step, 3).reserved)
     assert step.peak_bytes == p.peak_bytes and cached >= p.peak_bytes
     for d in p.devices:
         assert d.reserved_bytes == cached + CUDA_CONTEXT and d.fits == (d.reserved_bytes <= d.memory_bytes)
+        assert d.alloc_retries == 0  # far from either card's capacity
         assert d.step_ms >= max(d.host_ms, d.busy_ms) * 0.999 and d.bound in ("host", "device")
     assert p.split["parameters"] > 0 and p.ops_per_step > 0
 
@@ -136,8 +137,9 @@ def test_a_step_whose_tensors_fit_runs_where_the_allocator_gives_its_cache_back(
 
     mib = 2**20
     step = SimpleNamespace(events=[(1, 40 * mib), (1, -1), (2, 50 * mib), (2, -1)], before_step=0, peak_bytes=50 * mib)
-    unbounded = max(replay(step.events, 0, 3)) + CUDA_CONTEXT
+    unbounded = max(replay(step.events, 0, 3).reserved) + CUDA_CONTEXT
     assert unbounded == 90 * mib + CUDA_CONTEXT
-    assert on_device(step, CUDA_CONTEXT + 70 * mib, unbounded) == (50 * mib + CUDA_CONTEXT, True)
-    assert on_device(step, CUDA_CONTEXT + 45 * mib, unbounded) == (unbounded, False)
-    assert on_device(step, 2 * unbounded, unbounded) == (unbounded, True)  # never near the capacity: no replay
+    # the first step returns the cached 40 MiB once; later steps carve the 40 MiB from the 50 MiB block: no retry
+    assert on_device(step, CUDA_CONTEXT + 70 * mib, unbounded) == (50 * mib + CUDA_CONTEXT, True, 0)
+    assert on_device(step, CUDA_CONTEXT + 45 * mib, unbounded) == (unbounded, False, None)
+    assert on_device(step, 2 * unbounded, unbounded) == (unbounded, True, 0)  # never near the capacity: no replay

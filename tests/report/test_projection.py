@@ -75,3 +75,19 @@ def test_a_data_parallel_projection_reports_its_ranks_link_and_communication(tmp
     assert "exposed comm ms" in projected and "all-gather GB" in projected
     lora = next(ln for ln in projected.splitlines() if ln.startswith("- lora_all r=8 on RTX4090, 4 ranks"))
     assert "frozen or not (full fine-tuning: " in lora and "LoRA removes" in lora
+
+
+def test_a_fit_that_needs_the_allocators_retry_says_the_step_will_be_slower(tmp_path):
+    import dataclasses
+    import json
+
+    from bench.record.schema import Record
+
+    run_job(compose_cfg([*FAST, "strategy=full", "project.gpu=H100", "data=random"]), tmp_path / "p")
+    path = next(tmp_path.rglob("metrics.json"))
+    rec = Record.from_json(json.loads(path.read_text()))
+    rec.projection.devices[0] = dataclasses.replace(rec.projection.devices[0], alloc_retries=2)  # as a full card would
+    path.write_text(json.dumps(rec.to_json()))
+    md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
+    assert ("full on H100: fits only as the caching allocator, out of room, returns its cache and retries, "
+            "2 time(s) a step") in md and "slower than projected" in md
