@@ -195,9 +195,8 @@ def blocks(df: pd.DataFrame, out: Path, plot=None) -> list[tuple]:
                          + (", ".join(fit.configuration) if not fit.empty else "none") + "; "
                          + "; ".join(_fit(r) for _, r in dg.iterrows() if not r.fits))
             edge = at_the_edge(dg, reserve_error())
-            if edge:
-                lines.append(edge)
-            lines += [_retried(r) for _, r in dg.iterrows() if r.fits and r.get("alloc_retries", 0) > 0]
+            lines += ([edge] if edge else []) + [_retried(r) for _, r in dg.iterrows()
+                                                 if r.fits and r.get("alloc_retries", 0) > 0]
             if full is not None:
                 lines += [_why(r, full) for _, r in dg.iterrows() if not r.plain_full and r.step_ms > full.step_ms]
             if ranks > 1:
