@@ -14,7 +14,8 @@ The rules are c10/cuda/CUDACachingAllocator.cpp's defaults (no PYTORCH_CUDA_ALLO
   every wholly free segment and try again (release_cached_blocks); only then is it out of memory.
 So the reserve is the tensors' peak plus what rounding, splitting and caching leave unusable: it
 depends on the order and the sizes of the allocations, which is why one factor over the peak cannot
-hold for every job. Not modelled: streams other than the default one, expandable segments, other processes on the device.
+hold for every job. Not modelled: streams other than the default one, expandable segments, other
+processes on the device.
 """
 from __future__ import annotations
 

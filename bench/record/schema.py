@@ -200,7 +200,7 @@ class DeviceProjection:
     device: str
     source: str                 # where the device's figures come from
     memory_bytes: int           # the device's memory
-    reserved_bytes: int         # what the caching allocator would hold at the peak (bench/project/job.py)
+    reserved_bytes: int         # what the caching allocator holds, replayed (bench/project/allocator.py)
     fits: bool
     largest_batch: Optional[int]  # the largest batch whose reserve fits, from the per-sample slope
     step_ms: float
