@@ -134,6 +134,7 @@ class ProjectConfig:
     gpu: Optional[list[str]]      # the devices (project.gpu=H100 or project.gpu=[H100,L40S]); list: the known ones
     dtype: str                    # fp32 | bf16: how the parameters are stored
     host_op_us: Optional[float]   # the host's cost per operation; null: bench/project/job.py's GPU host constant
+    host_node_us: Optional[float]  # its cost per autograd node of the backward; null: the same file's constant
     devices: int                  # data-parallel ranks (dist.mode: ddp | fsdp), one GPU each
     nodes: int                    # machines the ranks are split over, devices / nodes GPUs each
     link: Optional[str]           # the GPUs' link within a node (bench/project/links.py); null: the device's own

@@ -123,17 +123,17 @@ def fit(runs: list[dict]) -> dict:
     from bench.config import load_config
     from bench.project.devices import ACHIEVED, table
     from bench.project.fake import fake_step
-    from bench.project.job import host_op_s
+    from bench.project.job import host_costs
 
     ACHIEVED.unlink(missing_ok=True)  # the fit starts from the datasheet peaks
     calib = [r for r in runs if r["role"] == "calibration"]
     arrays = []
     for run in calib:
         cfg = load_config(composed(overrides(run, None)))
-        dev, (op_s, _) = table()[run["setting"]["gpu"]], host_op_s(cfg)
+        dev, (op_s, node_s, _) = table()[run["setting"]["gpu"]], host_costs(cfg)
         step = fake_step(cfg, foreach=True)
         kernels = step.ops
-        host = np.cumsum([op_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])
+        host = np.cumsum([op_s + op.nodes * node_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])
         keep = np.array([op.kernel for op in kernels])
         c = np.array([op.flops / dev.matmul_flops[op.dtype] for op in kernels])[keep]
         m = np.array([op.bytes / dev.bandwidth for op in kernels])[keep]
@@ -163,7 +163,7 @@ def fit_per_gpu() -> dict:
     from bench.project import links
     from bench.project.devices import table
     from bench.project.fake import fake_step
-    from bench.project.job import host_op_s
+    from bench.project.job import host_costs
     from bench.project.timeline import project_time
 
     rows: dict[str, list] = {}
@@ -173,13 +173,14 @@ def fit_per_gpu() -> dict:
         fab = links.fabric(gpu, p.devices, p.nodes, p.link, p.network) if p.devices > 1 else None
         tokens = cfg.train.batch_size * (p.mean_seq_len or cfg.train.seq_len)
         ops = fake_step(cfg, foreach=True, world=p.devices).ops
-        rows.setdefault(gpu, []).append((ops, table()[gpu], fab, host_op_s(cfg)[0], tokens, run))
+        rows.setdefault(gpu, []).append((ops, table()[gpu], fab, host_costs(cfg)[:2], tokens, run))
     out = {}
     for gpu, these in rows.items():
         def loss(e: float) -> float:
-            return sum(np.log(tokens / project_time(ops, dataclasses.replace(dev, matmul_efficiency=e), op_s,
-                                                    fabric=fab).step_s / run["published"]["tokens_per_s_per_gpu"]) ** 2
-                       for ops, dev, fab, op_s, tokens, run in these)
+            return sum(np.log(tokens / project_time(ops, dataclasses.replace(dev, matmul_efficiency=e), host[0],
+                                                    fabric=fab, host_node_s=host[1]).step_s
+                              / run["published"]["tokens_per_s_per_gpu"]) ** 2
+                       for ops, dev, fab, host, tokens, run in these)
         errors = {e: loss(e) for e in GRID}
         best = min(errors, key=errors.get)
         ids = [t[-1]["id"] for t in these]

@@ -7,7 +7,8 @@ Every measured record's configuration is run again on fake tensors (bench/projec
 priced for this machine as one device: its matmul throughput and per-operation cost are the
 medians of the records' own calibrations (bench/measure/calibrate.py; each record calibrated
 once, at its sweep's start, and those single measurements spread 2x between records of one
-machine), its memory bandwidth is measured here, and on a CPU the host runs each operation itself
+machine), so is autograd's cost per node where the records measured it (else it is measured here),
+its memory bandwidth is measured here, and on a CPU the host runs each operation itself
 (bench/project/timeline.py, serial). The projected ratio t_LoRA / t_full of each cell is set
 against the measured one (the median step of its repeats over full fine-tuning's) and against the
 measured ratio's 95% interval as the report computes it (bench/report/explain.py): a projection
@@ -44,6 +45,18 @@ def bandwidth(mib: int = 64, rounds: int = 20) -> float:
         b.copy_(a)
         times.append(time.perf_counter() - t0)
     return 2 * a.nbytes / statistics.median(times)
+
+
+def node_cost(cals: list) -> tuple[float, str]:
+    """Autograd's cost per node: the records' calibrations' median where every one measured it, else
+    measured here as bench/measure/calibrate.py measures it (records older than that measurement)."""
+    known = [c.node_overhead_s for c in cals if c.node_overhead_s is not None]
+    if known and len(known) == len(cals):
+        return statistics.median(known), f"the median of {len(known)} records' calibrations"
+    from bench.measure.calibrate import calibrate
+
+    return calibrate(torch.device("cpu"), "fp32", 64, 64, 64)["node_overhead_s"], \
+        "measured here: the records predate that calibration"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -97,6 +110,7 @@ def main(argv: list[str]) -> int:
         cells.setdefault(key, {}).setdefault(cfg.strategy.name, []).append((rec, cfg))
     cals = [rec.calibration for by in cells.values() for recs in by.values() for rec, _ in recs]
     flops, op_s = (statistics.median(c.matmul_flops_per_s for c in cals), statistics.median(c.op_overhead_s for c in cals))
+    node_s, node_from = node_cost(cals)
     device = host_device(flops, bw, "this CPU")
     measured_ci = intervals(a.records)
     rows, t0 = [], time.perf_counter()
@@ -105,7 +119,8 @@ def main(argv: list[str]) -> int:
             continue
         projected = {}
         for strategy, recs in by.items():
-            projected[strategy] = project_time(fake_step(recs[0][1]).ops, device, op_s, serial=True).step_s
+            projected[strategy] = project_time(fake_step(recs[0][1]).ops, device, op_s, serial=True,
+                                               host_node_s=node_s).step_s
             projected[strategy + "_measured"] = statistics.median(r.time.step_ms.median for r, _ in recs) / 1e3
         for strategy in by:
             if strategy == "full":
@@ -128,7 +143,8 @@ def main(argv: list[str]) -> int:
                f"cells; inside the measured ratio's 95% interval in {sum(inside)} of {len(inside)}, the others a median "
                f"{statistics.median(beyond) if beyond else float('nan'):.3f} outside it. One device: "
                f"{flops / 1e9:.0f} GFLOP/s and {op_s * 1e6:.2f} us per operation (the medians of {len(cals)} "
-               f"records' calibrations), memory bandwidth measured here {bw / 1e9:.1f} GB/s; projected in "
+               f"records' calibrations), {node_s * 1e6:.2f} us per autograd node ({node_from}), memory bandwidth "
+               f"measured here {bw / 1e9:.1f} GB/s; projected in "
                f"{time.perf_counter() - t0:.0f} s.")
     text = "# Self-projection: this CPU projected against its own measurements\n\n" + summary + "\n\n" + \
         "\n".join(lines) + "\n"

@@ -5,7 +5,11 @@
 - matmul throughput: a GEMM shaped like the model's FFN layer (tokens x dim @ dim x hidden),
   in the job's precision: what a matmul achieves at this size on this device.
 - per-op overhead: a chain of elementwise ops on 256 numbers, where dispatch and launch are
-  the whole cost: what every extra operation costs, whatever its size. Costs that grow with
+  the whole cost: what every extra operation costs, whatever its size.
+- per-node overhead: the same chain built under autograd and run backward, less the plain chain:
+  what autograd adds per differentiable operation (recording its node in the forward, the engine
+  running it in the backward; `x + 1.0`'s backward dispatches no operation of its own). The
+  projection prices a step's nodes with it (bench/project/timeline.py). Costs that grow with
   an op's size (memory traffic of elementwise ops on large activations) are not in this
   model; where they matter, predicted and measured ratios disagree and the report says so.
 Measured once per (device, precision, shape) in a process, so every job of a sweep shares them.
@@ -60,9 +64,19 @@ def _calibrate(device_str: str, precision: str, tokens: int, dim: int, hidden: i
             x = x + 1.0
         return x
 
+    leaf = torch.zeros(256, device=device, requires_grad=True)
+
+    def graph():
+        x = leaf
+        for _ in range(n_ops):
+            x = x + 1.0
+        x.sum().backward()
+        leaf.grad = None
+
     op_s = _time(chain, device) / n_ops
+    node_s = max(0.0, _time(graph, device) / n_ops - op_s)
     return {"matmul_flops_per_s": 2.0 * tokens * dim * hidden / matmul_s, "op_overhead_s": op_s,
-            "matmul_shape": [tokens, dim, hidden], "precision": precision}
+            "node_overhead_s": node_s, "matmul_shape": [tokens, dim, hidden], "precision": precision}
 
 
 def calibrate(device: torch.device, precision: str, tokens: int, dim: int, hidden: int) -> dict:

@@ -11,6 +11,8 @@ def check_project(c) -> None:
     one_of("project.dtype", p.dtype, ("fp32", "bf16"))
     if p.host_op_us is not None:
         positive("project.host_op_us", p.host_op_us)
+    if p.host_node_us is not None:
+        positive("project.host_node_us", p.host_node_us, allow_zero=True)
     if p.gpu is not None and not p.gpu:
         raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
     positive("project.devices", p.devices)

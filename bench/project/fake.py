@@ -49,6 +49,7 @@ class Op:
                                    # `bytes` its payload (bench/distributed/comm.py)
     waits: int | None = None       # the index of the collective whose output this kernel reads first
     barrier: bool = False          # backward's end: the compute stream waits for every collective issued
+    nodes: float = 0.0             # autograd nodes the engine runs around it, each a host cost (backward's share)
 
 
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -100,6 +101,27 @@ def _written(func, args, out) -> list:
         return tree_flatten(out)[0]
     return tree_flatten([a for a, spec in zip(args, func._schema.arguments)
                          if spec.alias_info is not None and spec.alias_info.is_write])[0]
+
+
+def autograd_nodes(loss: torch.Tensor) -> int:
+    """The nodes `loss.backward()` runs: its graph, AccumulateGrad included. Each costs the host a node's
+    bookkeeping (recorded in the forward, run by the engine) beyond the operations it dispatches, and many
+    dispatch none (an add passes its gradient on): counted from the graph, not from the operations."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(f for f, _ in node.next_functions)
+    return len(seen)
+
+
+def spread_nodes(ops: list[Op], nodes: int) -> None:
+    """Backward's nodes over backward's operations, evenly: the engine interleaves them with what they
+    dispatch. (On a CPU the order is moot; on a GPU it keeps the host's cost inside the backward.)"""
+    run = [op for op in ops if not op.collective and not op.barrier]
+    for op in run:  # a backward that dispatched nothing has no node either
+        op.nodes = nodes / len(run)
 
 
 def _storage(t: torch.Tensor):
@@ -198,6 +220,7 @@ class FakeStep:
     comm: dict = dataclasses.field(default_factory=dict)  # kind -> {bytes, calls} of the observed step
     comm_by_stage: dict = dataclasses.field(default_factory=dict)  # forward | backward | optimizer -> the same
     ddp_bucket_bytes: int = 0
+    autograd_nodes: int = 0  # the backward's graph (autograd_nodes), spread over its operations' `nodes`
     # LiveMemory's allocations and frees (bench/project/memory.py), the first `before_step` made before the step
     events: list = dataclasses.field(default_factory=list)
     before_step: int = 0
@@ -272,6 +295,20 @@ def _build(cfg: BenchConfig, dtype, world: int, counter, device_mesh, foreach: b
     return s, trainer, buckets, batches
 
 
+def _tracker(model, optimizer, buckets, fsdp: bool, memtracker: bool, stack: contextlib.ExitStack):
+    """The step's memory tracker: PyTorch's MemTracker, or LiveMemory with DDP's buckets and FSDP's storage."""
+    from bench.project import parallel
+
+    if memtracker:
+        return (fsdp_memtracker if fsdp else _memtracker)(model, optimizer)
+    tracker = LiveMemory(model, optimizer)
+    if buckets is not None:  # DDP's bucket storage, held for the whole run
+        tracker.hold(buckets.bytes, "other")
+    if fsdp:
+        stack.enter_context(parallel.fsdp_storage(tracker))
+    return tracker
+
+
 def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, world: int) -> FakeStep:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -289,14 +326,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
         s, trainer, buckets, batches = _build(cfg, dtype, world, counter, device_mesh, foreach)
         if foreach:  # a CUDA target: the step counts stay on its host
             recorder.host = {_storage(st["step"]) for st in trainer.optimizer.state.values() if "step" in st}
-        if memtracker:
-            tracker = (fsdp_memtracker if fsdp else _memtracker)(s.model, trainer.optimizer)
-        else:
-            tracker = LiveMemory(s.model, trainer.optimizer)
-            if buckets is not None:  # DDP's bucket storage, held for the whole run
-                tracker.hold(buckets.bytes, "other")
-            if fsdp:
-                stack.enter_context(parallel.fsdp_storage(tracker))
+        tracker = _tracker(s.model, trainer.optimizer, buckets, fsdp, memtracker, stack)
         counter.listener = recorder.collective
         # saved for backward, as a measured job counts it; FSDP's gathered weights are parameters
         gathered = (lambda ptr: tracker.live.get(ptr, (0, ""))[1] == "parameters") if fsdp and not memtracker else None
@@ -306,7 +336,9 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                 loss = trainer.loss(batches[0][0])
             tracker.phase, tracker.stage = "temporaries", "backward"  # LiveMemory's; MemTracker tells them itself
             recorder.stage = "backward"
+            nodes, first = autograd_nodes(loss), len(recorder.ops)
             loss.backward()
+            spread_nodes(recorder.ops[first:], nodes)
             if buckets is not None:
                 buckets.finish()
             if world > 1:  # DDP's and FSDP's backward ends waiting for their collectives
@@ -331,4 +363,4 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
                     comm={k: {"bytes": counter.bytes[k], "calls": counter.calls[k]} for k in counter.bytes},
                     comm_by_stage=recorder.by_stage,
                     ddp_bucket_bytes=buckets.bytes if buckets is not None else 0,
-                    events=events, before_step=getattr(tracker, "before_step", 0))
+                    events=events, before_step=getattr(tracker, "before_step", 0), autograd_nodes=nodes)

@@ -96,20 +96,30 @@ def largest_batch(memory: int, stages: dict, batch: int, factor: float, limit: i
     return lo
 
 
-# The GPU host's cost per eager operation (dispatcher and autograd, before the launch), fixed so that a
-# projection does not depend on the machine computing it or on its load (issue #25: the same job
-# projected twice here gave 197 and 301 ms when this machine's calibration was used). Its value:
-# bench/measure/calibrate.py's per-operation constant on this project's AMD EPYC VM, quiet, which
-# results/reference/published/check.md used (2.3 us); a GPU server's host is taken to be no slower.
+# The GPU host's cost per eager operation (dispatcher, before the launch) and per autograd node (recorded in
+# the forward, run by the engine in the backward), fixed so that a projection does not depend on the machine
+# computing it or on its load (issue #25: the same job projected twice here gave 197 and 301 ms when this
+# machine's calibration was used). Their values: bench/measure/calibrate.py's per-operation and per-node
+# constants on this project's AMD EPYC VM, quiet (2.3 us, which results/reference/published/check.md first
+# used; 1.8 us, three calibrations on 2026-12-02 gave 1.75-1.81); a GPU server's host is taken to be no slower.
 GPU_HOST_OP_US = 2.3
+GPU_HOST_NODE_US = 1.8
 
 
-def host_op_s(cfg: BenchConfig) -> tuple[float, str]:
-    """The host's cost per operation: project.host_op_us, or the fixed GPU host constant."""
-    if cfg.project.host_op_us is not None:
-        return cfg.project.host_op_us * 1e-6, f"project.host_op_us={cfg.project.host_op_us:g}"
-    return GPU_HOST_OP_US * 1e-6, (f"{GPU_HOST_OP_US:g} us per operation, fixed (bench/project/job.py "
-                                   "GPU_HOST_OP_US; project.host_op_us overrides)")
+def host_costs(cfg: BenchConfig) -> tuple[float, float, str]:
+    """The host's cost per operation and per autograd node (project.host_op_us / host_node_us, or the fixed
+    GPU host constants), and where they come from."""
+    p = cfg.project
+    op_us = GPU_HOST_OP_US if p.host_op_us is None else p.host_op_us
+    node_us = GPU_HOST_NODE_US if p.host_node_us is None else p.host_node_us
+    said = [f"project.{k}={v:g}" for k, v in (("host_op_us", p.host_op_us), ("host_node_us", p.host_node_us))
+            if v is not None]
+    fixed = [f"{v:g} us per {what}" for what, v, given in (("operation", op_us, p.host_op_us),
+                                                          ("autograd node", node_us, p.host_node_us)) if given is None]
+    if fixed:
+        said.append(", ".join(fixed) + " fixed (bench/project/job.py GPU_HOST_OP_US, GPU_HOST_NODE_US; "
+                    "project.host_op_us, project.host_node_us override)")
+    return op_us * 1e-6, node_us * 1e-6, "; ".join(said)
 
 
 def project_job(cfg: BenchConfig, rec: Record) -> str:
@@ -123,7 +133,7 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
                           foreach=True, world=world)
     grows = [s["batch_bytes"] for k, s in step.stages.items() if k != "optimizer"]
     per_sample = max(grows) // cfg.train.batch_size if grows else None
-    op_s, source = host_op_s(cfg)
+    op_s, node_s, source = host_costs(cfg)
     rec.kind = "projected"
     rec.plan, rec.quant = step.plan, step.quant
     rec.model_shape = step.shape if isinstance(step.shape, ModelShape) else None
@@ -136,7 +146,7 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
     out = []
     for d in targets:
         fab = links.fabric(d.name, world, cfg.project.nodes, cfg.project.link, cfg.project.network) if world > 1 else None
-        tl = project_time(timed.ops, d, op_s, fabric=fab)
+        tl = project_time(timed.ops, d, op_s, fabric=fab, host_node_s=node_s)
         res, fits, retries = on_device(step, d.memory_bytes, reserved(step.peak_bytes, factor))
         here = (res - CUDA_CONTEXT) / step.peak_bytes if step.peak_bytes else factor  # this device's reserve over the peak
         out.append(DeviceProjection(
@@ -145,7 +155,8 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
             largest_batch=largest_batch(d.memory_bytes, step.stages, cfg.train.batch_size, here),
             step_ms=tl.step_s * 1e3, host_ms=tl.host_s * 1e3, busy_ms=tl.busy_s * 1e3, compute_ms=tl.compute_s * 1e3,
             memory_ms=tl.memory_s * 1e3, idle_fraction=tl.idle_fraction, bound=tl.bound, kernels=tl.kernels,
-            host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6, host_wait_ms=tl.host_wait_s * 1e3,
+            host_op_us=op_s * 1e6, launch_us=d.launch_s * 1e6, host_node_us=node_s * 1e6,
+            host_wait_ms=tl.host_wait_s * 1e3,
             comm_ms=tl.comm_s * 1e3, exposed_comm_ms=tl.comm_wait_s * 1e3,
             comm_ms_by_kind={k: v * 1e3 for k, v in (tl.comm_by_kind or {}).items()},
             link=fab.describe() if fab else None,
@@ -160,7 +171,8 @@ def project_job(cfg: BenchConfig, rec: Record) -> str:
         seconds=step.seconds + (timed.seconds if timed is not step else 0.0), devices=out, ranks=world,
         mean_seq_len=mean, train_tokens=cfg.project.train_tokens, mode=cfg.dist.mode if world > 1 else None,
         shard=cfg.dist.shard if world > 1 and cfg.dist.mode == "fsdp" else None, nodes=cfg.project.nodes,
-        collectives=timed.comm, collectives_by_stage=timed.comm_by_stage, ddp_bucket_bytes=step.ddp_bucket_bytes)
+        collectives=timed.comm, collectives_by_stage=timed.comm_by_stage, ddp_bucket_bytes=step.ddp_bucket_bytes,
+        autograd_nodes=timed.autograd_nodes)
     return "ok"
 
 

@@ -2,6 +2,7 @@
 
     host   op 1 ─┬─ op 2 ─┬─ op 3 ─┬─ ...        each: the dispatcher's cost per operation (this
                  │        │        │                   machine's calibration) + a launch if it is a kernel
+                 │        │        │                   (+ in backward, its share of autograd's nodes)
     device       └─ k1 ───┴──┐ k2 ─┴─ k3 ...      a kernel starts when the host has issued it and the
                              └─ idle              device has finished the one before
     kernel time = max(FLOPs / achieved FLOP/s of its dtype, bytes read and written / achieved bandwidth)
@@ -65,8 +66,9 @@ def kernel_s(op: Op, device: Device) -> tuple[float, float]:
 
 
 def project_time(ops: list[Op], device: Device, host_op_s: float, serial: bool = False,
-                 fabric: Fabric | None = None) -> Timeline:
-    """`serial`: the host executes the kernels itself (a CPU). `fabric`: the link collectives are priced on."""
+                 fabric: Fabric | None = None, host_node_s: float = 0.0) -> Timeline:
+    """`serial`: the host executes the kernels itself (a CPU). `fabric`: the link collectives are priced on.
+    `host_node_s`: the host's cost per autograd node (each op's `nodes`, backward's graph spread over it)."""
     host = dev = busy = compute = memory = host_wait = comm_wait = 0.0
     comm_free = comm_busy = 0.0
     comm_end: dict[int, float] = {}
@@ -81,7 +83,7 @@ def project_time(ops: list[Op], device: Device, host_op_s: float, serial: bool =
                 start = comm_free
             dev = start
             continue
-        host += host_op_s + (device.launch_s if op.kernel or op.collective else 0.0)
+        host += host_op_s + op.nodes * host_node_s + (device.launch_s if op.kernel or op.collective else 0.0)
         if op.collective:
             took = fabric.seconds(op.collective, op.bytes) if fabric is not None else 0.0
             comm_free = max(host, comm_free) + took

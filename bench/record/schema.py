@@ -1,10 +1,9 @@
 """The job record (metrics.json), as typed sections.
 
-One record per job, whatever happened to it. `Record.to_json()` writes it, `Record.from_json()` reads
-it back with every field checked against its type, so the analysis reads attributes, never `.get(...)`
-with a silent default. Schema 1 records are upgraded on read; an unknown schema is refused in one line.
-
-This module is plain Python on purpose: the analysis side imports it, and must not reach torch.
+One record per job, whatever happened to it. `Record.to_json()` writes it, `Record.from_json()` reads it back
+with every field checked against its type, so the analysis reads attributes, never `.get(...)` with a silent
+default. Schema 1 records are upgraded on read; an unknown schema is refused in one line. Plain Python on
+purpose: the analysis side imports it, and must not reach torch.
 """
 from __future__ import annotations
 
@@ -95,9 +94,8 @@ class Work:
     flops_per_step: Optional[int] = None
     ops_per_step: Optional[int] = None
     counted_step: Optional[int] = None
-    # "aten": aten operations dispatched (eager). "profiled": under torch.compile, the profiled step's
-    # top-level operations, compiled-graph calls among them. "aten_captured": the eager step's aten
-    # operations, every one replayed by a single CUDA-graph launch.
+    # "aten": aten operations dispatched (eager). "profiled": torch.compile's profiled top-level operations, compiled
+    # graphs among them. "aten_captured": the eager step's aten operations, all replayed by one CUDA-graph launch.
     ops_kind: str = "aten"
 
 
@@ -125,9 +123,8 @@ class Stats:
 
 @dataclass
 class Time:
-    """`train_s` is the training clock: the wall time of every step from `loss.eval_start` on
-    (warm-up and timed steps). Loss rates, `elapsed_s` and `to_target_s` all use it.
-    `timed_s` is the timed steps' share, the sample behind `step_ms`."""
+    """`train_s` is the training clock: the wall time of every step from `loss.eval_start` on (warm-up and timed
+    steps); loss rates, `elapsed_s` and `to_target_s` use it. `timed_s`: the timed steps', behind `step_ms`."""
     wall_s: Optional[float] = None
     train_s: Optional[float] = None
     timed_s: Optional[float] = None
@@ -213,6 +210,7 @@ class DeviceProjection:
     kernels: int
     host_op_us: float           # the host's cost per operation (Projection.host_calibration says whence)
     launch_us: float            # a kernel launch's, on top
+    host_node_us: Optional[float] = None     # autograd's per node of the step's graph (Projection.autograd_nodes)
     host_wait_ms: Optional[float] = None     # the step's parts: compute (busy_ms), waiting for the host, or
     exposed_comm_ms: Optional[float] = None  # for a collective
     comm_ms: Optional[float] = None          # the link busy (overlapped or not), and per kind of collective
@@ -243,6 +241,7 @@ class Projection:
     mode: Optional[str] = None  # ddp | fsdp; shard: full (ZeRO-3) | grad_op (ZeRO-2); nodes: machines
     shard: Optional[str] = None
     nodes: int = 1
+    autograd_nodes: Optional[int] = None  # the graph the step's backward runs (None: projected before it was counted)
     collectives: dict = field(default_factory=dict)  # kind -> {bytes, calls}: one rank's payloads per step;
     collectives_by_stage: dict = field(default_factory=dict)  # and where issued: forward | backward | optimizer
     ddp_bucket_bytes: int = 0   # DDP's gradient buckets, held beside the gradients (in the peak's `other`)
@@ -341,6 +340,7 @@ class Calibration:
     op_overhead_s: float
     matmul_shape: list[int]
     precision: str
+    node_overhead_s: Optional[float] = None  # autograd's cost per node (None: measured before it was)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p),
                         "collectives": p.get("collectives") or {}, "train_tokens": p.get("train_tokens"),
                         "by_stage": p.get("collectives_by_stage") or {},
-                        "mean_seq_len": p.get("mean_seq_len"),
+                        "mean_seq_len": p.get("mean_seq_len"), "autograd_nodes": p.get("autograd_nodes"),
                         "tokens": r.batch_size * (p.get("mean_seq_len") or r.seq_len), **d})
     return pd.DataFrame(out)
 
@@ -115,6 +115,12 @@ def communication(r: pd.Series, full: pd.Series | None) -> str:
     return "; ".join(parts)
 
 
+def _known(r: pd.Series, key: str) -> bool:
+    """A figure the record has (records projected before it was kept have None, NaN in a frame)."""
+    v = r.get(key)
+    return v is not None and v == v
+
+
 def _why(r: pd.Series, full: pd.Series) -> str:
     ratio = r.step_ms / full.step_ms
     word = "slower" if ratio > 1 else "faster"
@@ -122,7 +128,9 @@ def _why(r: pd.Series, full: pd.Series) -> str:
         cause = f"communication-bound: {communication(r, full)}"
     elif r.bound == "host":
         cause = (f"host-bound: the GPU idles {r.idle_fraction:.0%} of the step while the host issues "
-                 f"{r.kernels:,} kernels ({r.ops:,} operations at {r.host_op_us:.1f} + {r.launch_us:.1f} us)")
+                 f"{r.kernels:,} kernels ({r.ops:,} operations at {r.host_op_us:.1f} + {r.launch_us:.1f} us"
+                 + (f", {int(r.autograd_nodes):,} autograd nodes at {r.host_node_us:.1f} us"
+                    if _known(r, "autograd_nodes") and _known(r, "host_node_us") else "") + ")")
     else:
         cause = (f"device-bound: {r.compute_ms:.1f} ms of arithmetic and {r.memory_ms:.1f} ms of memory traffic, "
                  f"the GPU idle {r.idle_fraction:.0%}")

@@ -140,3 +140,20 @@ def test_the_recorded_allocations_end_with_the_step():
     assert before and not before & freed
     assert sum(n for k, n in step.events[:step.before_step]) >= step.weights_bytes + step.optimizer_bytes
     assert len(made - freed) <= 2  # the loss and what holds it, alive until the next step replaces them
+
+
+def test_autograd_nodes_are_the_backward_graph_and_spread_over_its_operations():
+    from bench.project.fake import autograd_nodes
+
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    loss = ((torch.randn(2, 4) @ w).relu() + 1.0).sum()
+    assert autograd_nodes(loss) == 5  # AccumulateGrad(w), MmBackward, ReluBackward, AddBackward, SumBackward
+    # the projected step's graph is the real step's, node for node
+    cfg, s = built("strategy=lora_qk", "data=random")
+    real = autograd_nodes(trainer_of(cfg, s).loss(next(s.train_batches(cfg, 1))[0]))
+    step = fake_step(_cfg("strategy=lora_qk"))
+    assert step.autograd_nodes == real
+    assert sum(op.nodes for op in step.ops) == pytest.approx(real)  # every node's cost somewhere in the backward
+    assert step.ops[0].nodes == 0  # none in the forward
+    # freezing the first blocks removes their graph: lora_last's backward runs fewer nodes
+    assert fake_step(_cfg("strategy=lora_last")).autograd_nodes < step.autograd_nodes

@@ -62,3 +62,11 @@ def test_a_gather_read_at_once_is_exposed_and_the_step_splits_into_its_three_par
     assert t.step_s == pytest.approx(t.busy_s + t.host_wait_s + t.comm_wait_s)
     assert t.comm_wait_s == pytest.approx(4e-3 - 4e-6 + (4e-3 - 1e-3), rel=1e-3) and t.bound == "communication"
     assert t.comm_by_kind == {"allgather": pytest.approx(4e-3), "reducescatter": pytest.approx(4e-3)}
+
+
+def test_autograd_nodes_cost_the_host_per_node():
+    # 10 backward kernels sharing 30 nodes: 3 each at 2 us, on top of 1 us dispatch + 1 us launch
+    ops = [Op("aten::mul", 0, 1000, True, "fp32", nodes=3.0)] * 10
+    t = project_time(ops, DEV, host_op_s=1e-6, host_node_s=2e-6)
+    assert t.host_s == pytest.approx(10 * (1e-6 + 1e-6 + 6e-6))
+    assert project_time(ops, DEV, host_op_s=1e-6).host_s == pytest.approx(20e-6)  # no node cost: none added
