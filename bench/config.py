@@ -20,6 +20,7 @@ DIST_MODES, SHARDS = ("ddp", "fsdp"), ("full", "grad_op")
 OUT_OF_SCOPE = {"tp": "tensor", "tensor": "tensor", "pp": "pipeline", "pipeline": "pipeline"}
 QUANT_BASES, QUANT_SCOPES = ("none", "nf4"), ("adapted", "frozen")  # room for int8
 CHECKPOINTING = ("none", "blocks", "selective", "selective_op")
+ADAMW_IMPLS = ("default", "for-loop", "foreach", "fused")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class TrainConfig:
     cuda_graphs: bool
     memory_budget_gb: Optional[float]
     checkpointing: str  # none | blocks | selective | selective_op (bench/models/recompute.py)
+    adamw_impl: str     # default | for-loop | foreach | fused (bench/measure/trainer.py)
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,7 @@ def _check_training(c: BenchConfig) -> None:
     _positive("lora.lr_ratio", r.lr_ratio)
 
     _one_of("train.checkpointing", t.checkpointing, CHECKPOINTING)
+    _one_of("train.adamw_impl", t.adamw_impl, ADAMW_IMPLS)
     _check_fixes(c)
     _check_dist(c)
     _check_variants(c)

@@ -73,7 +73,9 @@ def identity(node: dict, overrides: list[str] | None = None) -> Identity:
 _PLAIN = {("quant",): lambda n: _get(n, "quant", "base") in (None, "none"),
           ("lora", "dora"): lambda n: _get(n, "lora", "dora") in (None, False),
           ("lora", "adapter_dtype"): lambda n: _get(n, "lora", "adapter_dtype") in (None, "base"),
-          ("train", "checkpointing"): lambda n: _get(n, "train", "checkpointing") in (None, "none")}
+          ("train", "checkpointing"): lambda n: _get(n, "train", "checkpointing") in (None, "none"),
+          ("train", "adamw_impl"): lambda n: _get(n, "train", "adamw_impl") in (None, "default"),
+          ("project", "host_node_us"): lambda n: _get(n, "project", "host_node_us") is None}
 
 
 def config_key(node: dict) -> str:

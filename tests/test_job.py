@@ -69,7 +69,7 @@ def test_phases_off_records_whole_steps_only(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["train.precision=bf16"], ["data=random"], ["train.grad_accum=2"],
-                                   ["strategy=lora_square", "model.n_kv_heads=4"]])
+                                   ["strategy=lora_square", "model.n_kv_heads=4"], ["train.adamw_impl=fused"]])
 def test_other_settings_run(tmp_path, extra):
     rec = run_job(compose_cfg([*FAST, *extra]), tmp_path)
     assert rec.status == "ok", rec.outcome and rec.outcome.reason
@@ -110,11 +110,15 @@ def test_a_diverging_job_keeps_its_figures(tmp_path):
 def test_a_plain_jobs_key_is_the_key_it_had_before_the_variant_keys():
     node = {"strategy": {"name": "lora_all"}, "lora": {"rank": 8}, "train": {"steps": 3}}
     with_plain = {"strategy": {"name": "lora_all"}, "lora": {"rank": 8, "dora": False},
-                  "train": {"steps": 3, "checkpointing": "none"}, "quant": {"base": "none", "block_size": 64}}
+                  "train": {"steps": 3, "checkpointing": "none", "adamw_impl": "default"},
+                  "quant": {"base": "none", "block_size": 64}}
     assert config_key(node) == config_key(with_plain)
+    assert config_key({**node, "project": {"gpu": None, "host_node_us": None}}) == \
+        config_key({**node, "project": {"gpu": None}})
     on = {**with_plain, "quant": {"base": "nf4", "block_size": 64}}
     assert config_key(on) != config_key(with_plain)
     assert config_key({**with_plain, "train": {"steps": 3, "checkpointing": "blocks"}}) != config_key(with_plain)
+    assert config_key({**with_plain, "train": {"steps": 3, "adamw_impl": "fused"}}) != config_key(with_plain)
 
 
 def test_bad_variant_input_is_an_invalid_record_naming_the_key(tmp_path):
@@ -122,3 +126,5 @@ def test_bad_variant_input_is_an_invalid_record_naming_the_key(tmp_path):
     assert rec.status == "invalid" and rec.outcome.key == "lora.dora" and "\n" not in rec.outcome.reason
     rec = run_job(compose_cfg([*FAST, "strategy=lora_all", "train.checkpointing=everything"]), tmp_path / "b")
     assert rec.status == "invalid" and rec.outcome.key == "train.checkpointing"
+    rec = run_job(compose_cfg([*FAST, "train.adamw_impl=apex"]), tmp_path / "c")
+    assert rec.status == "invalid" and rec.outcome.key == "train.adamw_impl" and "fused" in rec.outcome.reason

@@ -42,6 +42,10 @@ def _compile_caches(on: bool) -> None:
     functorch_config.enable_autograd_cache = on
 
 
+# train.adamw_impl as AdamW's arguments; default: torch's choice for the device (foreach on CUDA, the loop on a CPU).
+IMPL = {"default": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
 class Trainer:
     """The model and its optimizer; `step()` is one optimizer step."""
 
@@ -59,7 +63,7 @@ class Trainer:
         # A captured CUDA graph replays the optimizer too: its step count must live on the device.
         capturable = {"capturable": True} if t.cuda_graphs else {}
         self.optimizer = torch.optim.AdamW(param_groups(model, t.lr, cfg.lora.lr_ratio, b_params),
-                                           lr=t.lr, weight_decay=t.weight_decay, **capturable)
+                                           lr=t.lr, weight_decay=t.weight_decay, **capturable, **IMPL[t.adamw_impl])
         device_type = next(model.parameters()).device.type
         # A captured graph must not replay casts cached from the capture: the cache goes off then.
         self.autocast = (torch.autocast(device_type, dtype=_DTYPES[t.precision], cache_enabled=not t.cuda_graphs)

@@ -94,13 +94,19 @@ def kernel_bytes(inputs: list, outputs: list) -> int:
     return total + sum(_footprint(local_shard(t)) for t in outputs if isinstance(t, torch.Tensor))
 
 
-def _written(func, args, out) -> list:
+# Fused optimizers whose schema marks the gradients written (argument 1): they write them only to unscale
+# them in place, given a grad_scale (AMP's); otherwise the kernel reads them.
+_UNSCALES = {"aten._fused_adamw_", "aten._fused_adam_", "aten._fused_sgd_"}
+
+
+def _written(func, args, kwargs, out) -> list:
     """What a kernel writes: its outputs, or, for an in-place op that returns nothing (the foreach
     family: torch._foreach_mul_(exp_avg_sqs, beta2)), the arguments its schema marks as written."""
     if func._schema.returns:
         return tree_flatten(out)[0]
-    return tree_flatten([a for a, spec in zip(args, func._schema.arguments)
-                         if spec.alias_info is not None and spec.alias_info.is_write])[0]
+    unscaled = str(func.overloadpacket) not in _UNSCALES or kwargs.get("grad_scale") is not None
+    return tree_flatten([a for i, (a, spec) in enumerate(zip(args, func._schema.arguments))
+                         if spec.alias_info is not None and spec.alias_info.is_write and (i != 1 or unscaled)])[0]
 
 
 def autograd_nodes(loss: torch.Tensor) -> int:
@@ -182,7 +188,7 @@ class OpRecorder(TorchDispatchMode):
         flops = int(count(*args, **kwargs, out_val=out)) if count is not None else 0
         kernel = _launches(func) and not self._host_only((args, kwargs))
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-        moved = kernel_bytes(tree_flatten((args, kwargs))[0], _written(func, args, out)) if kernel else 0
+        moved = kernel_bytes(tree_flatten((args, kwargs))[0], _written(func, args, kwargs, out)) if kernel else 0
         floating = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         waits = self._waits(tree_flatten((args, kwargs))[0]) if kernel and self.gathered else None
         self.ops.append(Op(str(packet), flops, moved, kernel, _DTYPES.get(floating, "fp32"), waits=waits))
@@ -230,8 +236,8 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
               foreach: bool = False, world: int = 1) -> FakeStep:
     """Build the job on fake tensors and run its steady-state step, observed. `memtracker`:
     PyTorch's MemTracker (FSDPMemTracker under FSDP) instead of LiveMemory (the tests hold them
-    equal). `foreach`: AdamW's multi-tensor implementation, PyTorch's default on CUDA (on a CPU it
-    loops over the tensors). `world` > 1: rank 0 of `world` data-parallel ranks (cfg.dist.mode,
+    equal). `foreach`: a CUDA target's defaults: AdamW's multi-tensor implementation unless
+    train.adamw_impl names another, clipping's too (on a CPU each loops over the tensors). `world` > 1: rank 0 of `world` data-parallel ranks (cfg.dist.mode,
     cfg.dist.shard; bench/project/parallel.py), each collective recorded where it is issued."""
     from bench.project import parallel
 
@@ -284,9 +290,10 @@ def _build(cfg: BenchConfig, dtype, world: int, counter, device_mesh, foreach: b
         s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
     buckets = parallel.DDPBuckets(s.model, counter, world) if world > 1 and device_mesh is None else None
     trainer = Trainer(s.model, cfg, s.adapters["B"])
-    if foreach:  # each group's own foreach wins over a constructor's: None there means a CPU's per-tensor loop
-        for group in trainer.optimizer.param_groups:
-            group["foreach"] = True
+    if foreach:  # a CUDA target: train.adamw_impl=default is foreach there
+        if cfg.train.adamw_impl == "default":  # each group's own foreach wins over a constructor's (None: a CPU's loop)
+            for group in trainer.optimizer.param_groups:
+                group["foreach"] = True
         trainer.foreach = True  # gradient clipping's too (torch._foreach_norm, torch._foreach_mul_)
     batches = list(s.train_batches(cfg, 1))
     for p in trainer.params:  # AdamW's state, as a first step makes it
@@ -324,7 +331,7 @@ def _fake_step(cfg: BenchConfig, batch_size, memtracker: bool, foreach: bool, wo
     counter, recorder = CommCounter(), OpRecorder()
     with FakeTensorMode(allow_non_fake_inputs=True), contextlib.ExitStack() as stack:
         s, trainer, buckets, batches = _build(cfg, dtype, world, counter, device_mesh, foreach)
-        if foreach:  # a CUDA target: the step counts stay on its host
+        if foreach and cfg.train.adamw_impl != "fused":  # a CUDA target: unfused, the step counts stay on its host
             recorder.host = {_storage(st["step"]) for st in trainer.optimizer.state.values() if "step" in st}
         tracker = _tracker(s.model, trainer.optimizer, buckets, fsdp, memtracker, stack)
         counter.listener = recorder.collective

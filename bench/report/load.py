@@ -20,8 +20,9 @@ from bench.record.schema import Identity, Record, RecordError
 from bench.record.store import METRICS, PROBES, RANKS, STEPS, read_record, read_steps
 
 # What makes two records comparable: same model shape, data, batch, precision and machine.
-# `mode` is how the step runs (eager, compiled, CUDA graphs): a compiled LoRA step is compared with
-# a compiled full step; bench/report/fixes.py compares across modes.
+# `mode` is how the step runs (eager, compiled, CUDA graphs; AdamW's implementation where train.adamw_impl
+# names one): a compiled LoRA step is compared with a compiled full step; bench/report/fixes.py compares
+# across modes.
 # `ranks` is how many processes and how (single, 2 x ddp, 2 x fsdp): LoRA on 2 DDP ranks is compared
 # with full fine-tuning on 2 DDP ranks.
 SETTING = ["model", "model_path", "dim", "n_layers", "data", "batch_size", "seq_len", "grad_accum", "precision", "mode", "ranks",
@@ -91,10 +92,13 @@ def _attribution(rec: Record) -> dict:
 
 
 def mode(rec: Record) -> str:
-    """How the step ran; records older than these keys ran eager."""
-    if config_value(rec, "train.cuda_graphs"):
-        return "CUDA graphs"
-    return "compiled" if config_value(rec, "train.compile") else "eager"
+    """How the step ran; records older than these keys ran eager, with the device's AdamW."""
+    base = "CUDA graphs" if config_value(rec, "train.cuda_graphs") else \
+        "compiled" if config_value(rec, "train.compile") else "eager"
+    impl = config_value(rec, "train.adamw_impl")
+    if impl in (None, "default"):
+        return base
+    return f"AdamW {impl}" if base == "eager" else f"{base} + AdamW {impl}"
 
 
 def ranks(rec: Record) -> str:

@@ -157,3 +157,19 @@ def test_autograd_nodes_are_the_backward_graph_and_spread_over_its_operations():
     assert step.ops[0].nodes == 0  # none in the forward
     # freezing the first blocks removes their graph: lora_last's backward runs fewer nodes
     assert fake_step(_cfg("strategy=lora_last")).autograd_nodes < step.autograd_nodes
+
+
+def test_fused_adamw_is_one_kernel_reading_four_lists_and_writing_three():
+    """train.adamw_impl=fused: torch._fused_adamw_ reads the parameters, gradients and both moments and
+    writes the parameters and moments (its schema marks the gradients written too: only to unscale them
+    under a grad_scale, none here), and reads the step counts, on the device then. No multi-tensor temporary."""
+    cfg = _cfg("strategy=full", "project.dtype=bf16", "train.adamw_impl=fused", "train.grad_clip=0")
+    fused = fake_step(cfg, foreach=True)
+    multi = fake_step(_cfg("strategy=full", "project.dtype=bf16", "train.grad_clip=0"), foreach=True)
+    g = fused.grads_bytes  # parameters, gradients and moments all bf16: each list g bytes
+    n = sum(1 for op in fake_step(_cfg("strategy=full")).ops if op.name == "aten.sqrt")
+    adam = [op for op in fused.ops if op.name == "aten._fused_adamw_"]
+    assert len(adam) == 1 and adam[0].bytes == 7 * g + 4 * n  # n fp32 step counts, one per parameter
+    assert not any(op.name == "aten._foreach_sqrt" for op in fused.ops)
+    assert "optimizer" not in fused.stages  # (clipping off) the step allocates nothing in AdamW's stage
+    assert multi.stages["optimizer"]["batch_bytes"] == g + 4  # foreach holds every root at once (+ the fp32 loss)

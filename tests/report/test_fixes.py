@@ -58,3 +58,17 @@ def test_records_older_than_the_fixes_read_as_eager(tmp_path):
     write(tmp_path / "old", "0", record())
     df = load_records([tmp_path / "old"])
     assert df.iloc[0]["mode"] == "eager" and pd.isna(df.iloc[0].compile_s)
+
+
+def test_another_adamw_is_a_fix_of_its_own_set_against_plain_full(tmp_path):
+    jobs = [("full", 10.0, "default", False), ("lora_all", 13.0, "default", False), ("full", 9.0, "fused", False),
+            ("lora_all", 12.5, "fused", False), ("full", 8.0, "fused", True)]
+    for n, f in enumerate((0.995, 1.005)):
+        for i, (s, step, adamw, comp) in enumerate(jobs):
+            rec = _rec(s, 8 if s != "full" else None, step * f, compile=comp, n=n)
+            rec["config"]["train"]["adamw_impl"] = adamw
+            rec["identity"]["config_key"] += f"-{adamw}"
+            write(tmp_path, f"{n}{i}", rec)
+    table = fixes_table(load_records([tmp_path])).set_index(["configuration", "fix"])
+    assert {("full", "AdamW fused"), ("lora_all r=8", "AdamW fused"), ("full", "compiled + AdamW fused")} <= set(table.index)
+    assert table.loc[("full", "AdamW fused"), "vs plain full"].startswith("0.90x")
