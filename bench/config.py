@@ -368,7 +368,6 @@ def _check_training(c: BenchConfig) -> None:
         _positive("train.max_host_memory_gb", t.max_host_memory_gb)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
     _positive("lora.lr_ratio", r.lr_ratio)
-
     _one_of("train.checkpointing", t.checkpointing, CHECKPOINTING)
     _one_of("train.adamw_impl", t.adamw_impl, ADAMW_IMPLS)
     _check_fixes(c)
