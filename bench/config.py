@@ -171,6 +171,7 @@ class DistConfig:
     nproc: int  # processes (ranks); > 1 starts them through torchrun (bench/distributed/launch.py)
     mode: str   # ddp | fsdp
     shard: str  # fsdp: full (ZeRO-3: parameters re-gathered for backward) | grad_op (ZeRO-2: kept from forward)
+    mixed_precision: str  # fsdp: none | bf16 (fp32 parameters cast to bf16 to compute, gradients reduced in fp32)
 
 
 @dataclass(frozen=True)

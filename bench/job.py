@@ -75,7 +75,8 @@ _PLAIN = {("quant",): lambda n: _get(n, "quant", "base") in (None, "none"),
           ("lora", "adapter_dtype"): lambda n: _get(n, "lora", "adapter_dtype") in (None, "base"),
           ("train", "checkpointing"): lambda n: _get(n, "train", "checkpointing") in (None, "none"),
           ("train", "adamw_impl"): lambda n: _get(n, "train", "adamw_impl") in (None, "default"),
-          ("project", "host_node_us"): lambda n: _get(n, "project", "host_node_us") is None}
+          ("project", "host_node_us"): lambda n: _get(n, "project", "host_node_us") is None,
+          ("dist", "mixed_precision"): lambda n: _get(n, "dist", "mixed_precision") in (None, "none")}
 
 
 def config_key(node: dict) -> str:

@@ -60,7 +60,8 @@ def _run(node: dict, out: Path, rank: int, world: int, rec: Record) -> None:
     s = setup(cfg, device)
     s.data_seed = cfg.train.seed + 1_000_003 * rank  # each rank its own batches
     counter = CommCounter()
-    s.model = wrap(s.model, cfg.dist.mode, device, counter, world, zero2=cfg.dist.shard == "grad_op")
+    s.model = wrap(s.model, cfg.dist.mode, device, counter, world, zero2=cfg.dist.shard == "grad_op",
+                   bf16=cfg.dist.mixed_precision == "bf16")
     rec.env = Env(**describe(device))
     steps = TimedSteps(counter, cfg.train.steps)
     try:

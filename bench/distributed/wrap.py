@@ -24,10 +24,12 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter, world: int, mesh=None,
-         zero2: bool = False) -> nn.Module:
+         zero2: bool = False, bf16: bool = False) -> nn.Module:
     """`zero2`: ZeRO-2 (FSDP's grad_op): a block keeps its gathered parameters from forward to backward;
     otherwise FSDP2's default, ZeRO-3 for the blocks (the root keeps its own: backward needs them at
-    once). `mesh`: one made already (a projection makes it outside its fake mode)."""
+    once). `mesh`: one made already (a projection makes it outside its fake mode). `bf16`: torchtitan's
+    MixedPrecisionPolicy: fp32 shards gathered as bf16 (the cast before the all-gather), the
+    gradients reduce-scattered in fp32 into fp32 shards; AdamW updates fp32."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -35,12 +37,13 @@ def wrap(model: nn.Module, mode: str, device: torch.device, counter: CommCounter
         ddp.register_comm_hook(None, ddp_hook(counter))
         return ddp
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = mesh if mesh is not None else init_device_mesh(device.type, (world,))
     units = [*blocks(model), model]
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for unit in units:
-        fully_shard(unit, mesh=mesh, **({"reshard_after_forward": False} if zero2 else {}))
+        fully_shard(unit, mesh=mesh, mp_policy=mp, **({"reshard_after_forward": False} if zero2 else {}))
     gather, scatter = fsdp_comms(counter)
     for unit in units:
         unit.set_custom_all_gather(gather)

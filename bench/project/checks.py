@@ -13,6 +13,7 @@ def check_project(c) -> None:
         positive("project.host_op_us", p.host_op_us)
     if p.host_node_us is not None:
         positive("project.host_node_us", p.host_node_us, allow_zero=True)
+    _check_mixed_precision(c)
     if p.gpu is not None and not p.gpu:
         raise ConfigError("project.gpu", "names no device (python -m bench.run project.gpu=list)")
     positive("project.devices", p.devices)
@@ -41,3 +42,17 @@ def check_project(c) -> None:
     if p.devices > 1 and q.base != "none":
         raise ConfigError("quant.base", "a quantized base is not sharded or replicated across ranks yet "
                                         "(project.devices=1)")
+
+
+def _check_mixed_precision(c) -> None:
+    """dist.mixed_precision: FSDP2's MixedPrecisionPolicy, on ranks that shard fp32 parameters."""
+    d, p = c.dist, c.project
+    one_of("dist.mixed_precision", d.mixed_precision, ("none", "bf16"))
+    if d.mixed_precision == "none":
+        return
+    if d.mode != "fsdp" or (d.nproc == 1 and p.devices == 1):
+        raise ConfigError("dist.mixed_precision", "is FSDP2's policy: shard over ranks (parallel=fsdp dist.nproc=2, "
+                                                  "or project.devices=8 to project)")
+    if p.gpu is not None and p.dtype != "fp32":
+        raise ConfigError("dist.mixed_precision", "keeps fp32 parameters and casts them to bf16 itself: "
+                                                  "project.dtype=fp32")

@@ -286,7 +286,8 @@ def _build(cfg: BenchConfig, dtype, world: int, counter, device_mesh, foreach: b
     if device_mesh is not None:
         from bench.distributed.wrap import wrap
 
-        s.model = wrap(s.model, "fsdp", cpu, counter, world, mesh=device_mesh, zero2=cfg.dist.shard == "grad_op")
+        s.model = wrap(s.model, "fsdp", cpu, counter, world, mesh=device_mesh, zero2=cfg.dist.shard == "grad_op",
+                       bf16=cfg.dist.mixed_precision == "bf16")
         s.model._get_fsdp_state()._lazy_init()  # as a first forward would: the root then keeps its gather
     buckets = parallel.DDPBuckets(s.model, counter, world) if world > 1 and device_mesh is None else None
     trainer = Trainer(s.model, cfg, s.adapters["B"])

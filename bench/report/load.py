@@ -103,7 +103,13 @@ def mode(rec: Record) -> str:
 
 def ranks(rec: Record) -> str:
     n, how = config_value(rec, "dist.nproc"), config_value(rec, "dist.mode")
-    return "single" if not n or n == 1 else f"{n} x {how}"
+    return "single" if not n or n == 1 else f"{n} x {how}" + mixed(rec)
+
+
+def mixed(rec: Record) -> str:
+    """', bf16 mixed precision' where FSDP2's policy ran (dist.mixed_precision); '' otherwise."""
+    mp = config_value(rec, "dist.mixed_precision")
+    return "" if mp in (None, "none") else f", {mp} mixed precision"
 
 
 def _variants(rec: Record, uses_lora: bool, strategy: str | None) -> dict:
@@ -178,7 +184,7 @@ def flatten(rec: Record, path: Path) -> dict:
         "impl": (config_value(rec, "lora.impl") or "eager") if uses_lora and i.backend != "peft" else None,
         "adapter_dtype": (config_value(rec, "lora.adapter_dtype") or "base") if uses_lora and i.backend != "peft"
         else None,
-        "mode": mode(rec), "ranks": ranks(rec), **_variants(rec, uses_lora, i.strategy),
+        "mode": mode(rec), "ranks": ranks(rec), "mixed": mixed(rec), **_variants(rec, uses_lora, i.strategy),
         "uses_lora": uses_lora, "backward_stops_early": plan.backward_stops_early if plan else None,
         "dim": shape.dim if shape else config_value(rec, "model.dim"),
         "n_layers": shape.n_layers if shape else config_value(rec, "model.n_layers"),

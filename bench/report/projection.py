@@ -57,10 +57,10 @@ def at_the_edge(dg: pd.DataFrame, error: float | None) -> str | None:
                         for _, r in edge.iterrows()))
 
 
-def _parallel(p: dict) -> str:
+def _parallel(p: dict, mixed: str = "") -> str:
     if p.get("ranks", 1) <= 1:
         return "one device"
-    how = p["mode"].upper() + (f" ({'ZeRO-3' if p['shard'] == 'full' else 'ZeRO-2'}, shard={p['shard']})"
+    how = p["mode"].upper() + (f" ({'ZeRO-3' if p['shard'] == 'full' else 'ZeRO-2'}, shard={p['shard']}{mixed})"
                                if p.get("shard") else "")
     return f"{p['ranks']} ranks, {how}" + (f", {p['nodes']} nodes" if p.get("nodes", 1) > 1 else "")
 
@@ -78,7 +78,7 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
                                                                                    p["split"].items()},
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
-                        "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p),
+                        "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p, r.get("mixed") or ""),
                         "collectives": p.get("collectives") or {}, "train_tokens": p.get("train_tokens"),
                         "by_stage": p.get("collectives_by_stage") or {},
                         "mean_seq_len": p.get("mean_seq_len"), "autograd_nodes": p.get("autograd_nodes"),

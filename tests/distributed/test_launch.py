@@ -62,6 +62,23 @@ def test_fsdp_gathers_the_frozen_weights_too_and_scatters_only_trainable_gradien
             (closed["reducescatter"]["bytes"], closed["reducescatter"]["calls"])
 
 
+def test_fsdp_mixed_precision_gathers_bf16_and_reduces_fp32(tmp_path):
+    """torchtitan's policy measured on gloo: the all-gathers move bf16 (half the fp32 closed form), the
+    reduce-scatters fp32 (all of it), the shards stay fp32."""
+    from tests.conftest import built
+    from tests.project.test_parallel import fsdp_closed_form
+
+    rec = _job(tmp_path, "mp", "dist.mode=fsdp", "strategy=full", "dist.mixed_precision=bf16")
+    _, s = built(*[o for o in TWO if o.startswith(("model", "lora", "train.batch", "train.seq"))], "strategy=full")
+    closed = fsdp_closed_form(s.model, 2)
+    assert rec.comm.allgather_bytes_per_step == closed["allgather"]["bytes"] // 2
+    assert rec.comm.reducescatter_bytes_per_step == closed["reducescatter"]["bytes"]
+    # the parameters and gradients kept in fp32 (4 bytes each), two fp32 moments each and the step counts
+    assert rec.memory.weights_bytes == rec.memory.grads_bytes == 4 * rec.params.total
+    n = len(list(s.model.parameters()))
+    assert rec.memory.optimizer_state_bytes == 2 * rec.memory.weights_bytes + 4 * n
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 @pytest.mark.parametrize("strategy", ["full", "lora_all"])
 def test_projected_collectives_equal_the_measured_ones(jobs, mode, strategy):

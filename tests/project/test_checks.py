@@ -17,6 +17,12 @@ from bench.config import ConfigError
     (["project.gpu=H100", "project.train_tokens=0"], "project.train_tokens", "must be > 0"),
     (["parallel=fsdp", "project.gpu=H100", "project.devices=2", "lora.impl=fused"], "lora.impl", "under FSDP use"),
     (["parallel=fsdp", "dist.nproc=2", "lora.impl=fused"], "lora.impl", "under FSDP use"),
+    (["dist.mixed_precision=fp8"], "dist.mixed_precision", "not one of none, bf16"),
+    (["dist.nproc=2", "dist.mixed_precision=bf16"], "dist.mixed_precision", "is FSDP2's policy"),
+    (["dist.mode=fsdp", "dist.mixed_precision=bf16"], "dist.mixed_precision", "is FSDP2's policy"),
+    (["parallel=fsdp", "project.gpu=H100", "project.devices=8", "project.dtype=bf16", "dist.mixed_precision=bf16"],
+     "dist.mixed_precision", "project.dtype=fp32"),
+    (["project.gpu=H100", "project.host_node_us=-1"], "project.host_node_us", ">= 0"),
 ])
 def test_what_a_projection_cannot_be_is_refused_in_one_line(cfg_of, overrides, key, says):
     with pytest.raises(ConfigError) as e:

@@ -100,3 +100,19 @@ def test_each_collective_is_filed_where_in_the_step_it_is_issued(cfg_of):
     assert by["forward"]["allgather"]["calls"] == units + 1 and by["backward"]["allgather"]["calls"] == units
     assert "reducescatter" not in by["forward"] and by["backward"]["reducescatter"] == step.comm["reducescatter"]
     assert sum(s[k]["bytes"] for s in by.values() for k in s) == sum(v["bytes"] for v in step.comm.values())
+
+
+def test_fsdp_mixed_precision_gathers_bf16_and_keeps_fp32_shards(cfg_of):
+    """dist.mixed_precision=bf16 (torchtitan's policy): every all-gather moves half the fp32 closed form
+    (the shards cast to bf16 first), the reduce-scatter all of it (fp32), the shards of parameters,
+    gradients and AdamW's state stay fp32, and the matmuls run in bf16."""
+    plain = _step(cfg_of, 8, "parallel=fsdp", "project.devices=8", "strategy=full")
+    mp = _step(cfg_of, 8, "parallel=fsdp", "project.devices=8", "strategy=full", "dist.mixed_precision=bf16")
+    _, s = built(*TINY, "strategy=full")
+    closed = fsdp_closed_form(s.model, 8)
+    assert mp.comm["allgather"] == {"bytes": closed["allgather"]["bytes"] // 2, "calls": closed["allgather"]["calls"]}
+    assert mp.comm["reducescatter"] == closed["reducescatter"]
+    assert (mp.weights_bytes, mp.grads_bytes, mp.optimizer_bytes) == \
+        (plain.weights_bytes, plain.grads_bytes, plain.optimizer_bytes)
+    assert {op.dtype for op in mp.ops if op.name == "aten.mm"} == {"bf16"}
+    assert {op.dtype for op in plain.ops if op.name == "aten.mm"} == {"fp32"}
