@@ -167,17 +167,17 @@ def test_the_projection_figures_are_in_the_filed_projected_reports():
     assert "| lora_all r=8 +head | RTX3090 | 3.89 | 5.10 | yes | 165 | 110.1 | 0.96x |" in m88
     assert "lora_all r=8 +head on RTX4090: projected 1.09x full fine-tuning's step" in m88
     check = (REF / "published" / "check.md").read_text()
-    for figure in ("check rows 3% over 2 rows", "step rows: 5% over 8 rows", "memory rows: 8% over 7 rows",
+    for figure in ("check rows 3% over 2 rows", "step rows: 6% over 8 rows", "memory rows: 8% over 7 rows",
                    "ratio rows: 44% over 3 rows", "reserve rows: 5% over 7 rows", "| -60% |", "| -73% |", "| -2% |",
-                   "| -9% |", "| -4% |", "| -14% |", "| +4% |", "| -23% |", "| +3% |", "median absolute error 5% over 5 rows"):
+                   "| -8% |", "| -3% |", "| -7% |", "| +5% |", "| -1% |", "| -23% |", "| +3% |", "median absolute error 5% over 5 rows"):
         assert figure in check, figure
-    for figure in ("5% over eight", "-3% and +3%", "-4% to -9%", "+4%", "0.61", "0.44", "0.59", "8% over seven",
+    for figure in ("6% over eight", "-3% and +3%", "-3% to -8%", "+5%", "0.62", "0.45", "0.59", "8% over seven",
                    "2-9%", "60-73%", "median 5% over seven", "+3% for full", "-4% to -5%", "-23% for DoRA",
-                   "-14% and -2%", "44%"):
+                   "-7% and -1%", "44%"):
         assert figure in front, figure
     fit = json.loads((ROOT / "bench" / "project" / "achieved.json").read_text())
     assert (fit["matmul"], fit["bandwidth"], fit["per_gpu"]["A100-80GB"]["matmul"],
-            fit["per_gpu"]["H100-HBM2e-96GB"]["matmul"]) == (0.59, 0.79, 0.61, 0.44)
+            fit["per_gpu"]["H100-HBM2e-96GB"]["matmul"]) == (0.59, 0.79, 0.62, 0.45)
     m91 = next((REF / "projection_91").glob("*/report/report.md")).read_text()
     assert "| lora_all r=2 +head | RTX4090 | 3.88 | 5.09 | yes | 165 | 81.3 | 1.08x |" in m91
 
