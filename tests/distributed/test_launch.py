@@ -62,23 +62,6 @@ def test_fsdp_gathers_the_frozen_weights_too_and_scatters_only_trainable_gradien
             (closed["reducescatter"]["bytes"], closed["reducescatter"]["calls"])
 
 
-def test_fsdp_mixed_precision_gathers_bf16_and_reduces_fp32(tmp_path):
-    """torchtitan's policy measured on gloo: the all-gathers move bf16 (half the fp32 closed form), the
-    reduce-scatters fp32 (all of it), the shards stay fp32."""
-    from tests.conftest import built
-    from tests.project.test_parallel import fsdp_closed_form
-
-    rec = _job(tmp_path, "mp", "dist.mode=fsdp", "strategy=full", "dist.mixed_precision=bf16")
-    _, s = built(*[o for o in TWO if o.startswith(("model", "lora", "train.batch", "train.seq"))], "strategy=full")
-    closed = fsdp_closed_form(s.model, 2)
-    assert rec.comm.allgather_bytes_per_step == closed["allgather"]["bytes"] // 2
-    assert rec.comm.reducescatter_bytes_per_step == closed["reducescatter"]["bytes"]
-    # the parameters and gradients kept in fp32 (4 bytes each), two fp32 moments each and the step counts
-    assert rec.memory.weights_bytes == rec.memory.grads_bytes == 4 * rec.params.total
-    n = len(list(s.model.parameters()))
-    assert rec.memory.optimizer_state_bytes == 2 * rec.memory.weights_bytes + 4 * n
-
-
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 @pytest.mark.parametrize("strategy", ["full", "lora_all"])
 def test_projected_collectives_equal_the_measured_ones(jobs, mode, strategy):
@@ -116,7 +99,7 @@ def test_communication_is_an_attribution_category(jobs):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_peft_runs_under_both_modes(tmp_path, mode):
     pytest.importorskip("peft")
-    rec = _job(tmp_path, mode, "strategy=lora_qk", "lora.backend=peft", f"dist.mode={mode}")
+    rec = _job(tmp_path, mode, "strategy=lora_qk", "lora.backend=peft", f"dist.mode={mode}", "train.profile=false")
     assert rec.comm.allreduce_bytes_per_step + rec.comm.reducescatter_bytes_per_step > 0
 
 
@@ -160,10 +143,26 @@ def test_the_job_is_judged_on_its_slowest_steps_and_reported_once(jobs, dist_dir
     ("fsdp", ["strategy=head_only"]),   # trains the head, tied to the embedding
     ("fsdp", ["strategy=lora_last"]),   # adapts the tied head
     ("ddp", ["strategy=lora_all", "lora.impl=fused"]),
-    ("fsdp", ["strategy=lora_all", "train.checkpointing=blocks"]),  # the recompute inside sharded blocks
+    ("fsdp", ["strategy=lora_all", "train.checkpointing=blocks",    # the recompute inside sharded blocks,
+              "dist.mixed_precision=bf16"]),                          # under torchtitan's mixed precision
     ("ddp", ["strategy=lora_all", "lora.dora=true"]),               # DoRA's magnitudes are gradients too
 ])
 def test_tied_weights_and_the_fused_layer_run_on_two_ranks(tmp_path, mode, overrides):
     rec = _job(tmp_path, mode, f"dist.mode={mode}", "train.profile=false", *overrides)
     sent = rec.comm.allreduce_bytes_per_step + rec.comm.reducescatter_bytes_per_step
     assert sent == pytest.approx(4 * rec.params.trainable, rel=0.01)  # every trainable gradient, once
+    if "dist.mixed_precision=bf16" in overrides:
+        _mixed_precision_closed_form(rec, overrides)
+
+
+def _mixed_precision_closed_form(rec, overrides):
+    """torchtitan's policy measured on gloo: the all-gathers move bf16, half the fp32 closed form; the
+    reduce-scatters fp32, all of it; parameters and gradients kept in fp32."""
+    from tests.conftest import built
+    from tests.project.test_parallel import fsdp_closed_form
+
+    _, s = built(*[o for o in TWO if o.startswith(("model", "lora", "train.batch", "train.seq"))], overrides[0])
+    closed = fsdp_closed_form(s.model, 2)
+    assert rec.comm.allgather_bytes_per_step == closed["allgather"]["bytes"] // 2
+    assert rec.comm.reducescatter_bytes_per_step == closed["reducescatter"]["bytes"]
+    assert (rec.memory.weights_bytes, rec.memory.grads_bytes) == (4 * rec.params.total, 4 * rec.params.trainable)
