@@ -2,7 +2,7 @@ import os
 import sys
 from pathlib import Path
 
-# The suite runs on two workers (pytest-xdist) on two cores: each worker and every process it starts
+# The suite runs on three workers (pytest-xdist) on two cores: each worker and every process it starts
 # computes on one thread, so that no OpenMP team spin-waits for a core the other worker holds.
 # Measured on this project's 2-core VM: 13.3 CPU-minutes and 7.1 min of wall time with torch's
 # default two threads, 8.7 and 5.2 with one. Set before torch is imported; inherited by subprocesses.
