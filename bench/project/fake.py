@@ -237,8 +237,9 @@ def fake_step(cfg: BenchConfig, batch_size: int | None = None, memtracker: bool 
     """Build the job on fake tensors and run its steady-state step, observed. `memtracker`:
     PyTorch's MemTracker (FSDPMemTracker under FSDP) instead of LiveMemory (the tests hold them
     equal). `foreach`: a CUDA target's defaults: AdamW's multi-tensor implementation unless
-    train.adamw_impl names another, clipping's too (on a CPU each loops over the tensors). `world` > 1: rank 0 of `world` data-parallel ranks (cfg.dist.mode,
-    cfg.dist.shard; bench/project/parallel.py), each collective recorded where it is issued."""
+    train.adamw_impl names another, clipping's too (on a CPU each loops over the tensors). `world` > 1:
+    rank 0 of `world` data-parallel ranks (cfg.dist.mode, cfg.dist.shard; bench/project/parallel.py),
+    each collective recorded where it is issued."""
     from bench.project import parallel
 
     if world == 1:

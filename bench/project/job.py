@@ -112,13 +112,10 @@ def host_costs(cfg: BenchConfig) -> tuple[float, float, str]:
     p = cfg.project
     op_us = GPU_HOST_OP_US if p.host_op_us is None else p.host_op_us
     node_us = GPU_HOST_NODE_US if p.host_node_us is None else p.host_node_us
-    said = [f"project.{k}={v:g}" for k, v in (("host_op_us", p.host_op_us), ("host_node_us", p.host_node_us))
-            if v is not None]
-    fixed = [f"{v:g} us per {what}" for what, v, given in (("operation", op_us, p.host_op_us),
-                                                          ("autograd node", node_us, p.host_node_us)) if given is None]
-    if fixed:
-        said.append(", ".join(fixed) + " fixed (bench/project/job.py GPU_HOST_OP_US, GPU_HOST_NODE_US; "
-                    "project.host_op_us, project.host_node_us override)")
+    said = [f"project.host_op_us={op_us:g}" if p.host_op_us is not None else
+            f"{op_us:g} us per operation, fixed (bench/project/job.py GPU_HOST_OP_US; project.host_op_us overrides)",
+            f"project.host_node_us={node_us:g}" if p.host_node_us is not None else
+            f"{node_us:g} us per autograd node, fixed (GPU_HOST_NODE_US; project.host_node_us overrides)"]
     return op_us * 1e-6, node_us * 1e-6, "; ".join(said)
 
 

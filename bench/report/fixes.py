@@ -2,9 +2,10 @@
 (+study=fixes); and what LoRA's saved memory buys at equal memory (+study=memory_budget).
 
 A fix is a way of running the same configuration: the fused layer (lora.impl=fused), a compiled
-step (train.compile), a replayed CUDA graph (train.cuda_graphs) or another AdamW (train.adamw_impl). Each configuration is set
-against full fine-tuning run plainly (eager), the baseline a user has today, and against full
-fine-tuning run the same way, which says whether LoRA is still slower once both use the fix.
+step (train.compile), a replayed CUDA graph (train.cuda_graphs) or another AdamW (train.adamw_impl).
+Each configuration is set against full fine-tuning run plainly (eager), the baseline a user has
+today, and against full fine-tuning run the same way, which says whether LoRA is still slower once
+both use the fix.
 """
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def rows(df: pd.DataFrame) -> pd.DataFrame:
                         "plain_full": bool(r.baseline), "peak": p["peak_bytes"], **{f"split_{k}": v for k, v in
                                                                                    p["split"].items()},
                         "ops": p["ops_per_step"], "flops": p["flops_per_step"], "seconds": p["seconds"],
-                        "saved": p["activations_bytes"], "ranks": p.get("ranks", 1), "parallel": _parallel(p, r.get("mixed") or ""),
+                        "saved": p["activations_bytes"], "ranks": p.get("ranks", 1),
+                        "parallel": _parallel(p, r.get("mixed") or ""),
                         "collectives": p.get("collectives") or {}, "train_tokens": p.get("train_tokens"),
                         "by_stage": p.get("collectives_by_stage") or {},
                         "mean_seq_len": p.get("mean_seq_len"), "autograd_nodes": p.get("autograd_nodes"),

@@ -143,3 +143,13 @@ def test_a_step_whose_tensors_fit_runs_where_the_allocator_gives_its_cache_back(
     assert on_device(step, CUDA_CONTEXT + 70 * mib, unbounded) == (50 * mib + CUDA_CONTEXT, True, 0)
     assert on_device(step, CUDA_CONTEXT + 45 * mib, unbounded) == (unbounded, False, None)
     assert on_device(step, 2 * unbounded, unbounded) == (unbounded, True, 0)  # never near the capacity: no replay
+
+
+def test_the_host_costs_are_the_fixed_constants_unless_the_user_names_them(cfg_of):
+    from bench.project.job import GPU_HOST_NODE_US, GPU_HOST_OP_US, host_costs
+
+    op_s, node_s, said = host_costs(cfg_of("project.gpu=H100"))
+    assert (op_s, node_s) == (pytest.approx(GPU_HOST_OP_US * 1e-6), pytest.approx(GPU_HOST_NODE_US * 1e-6))
+    assert "us per operation, fixed" in said and "us per autograd node, fixed" in said
+    op_s, node_s, said = host_costs(cfg_of("project.gpu=H100", "project.host_op_us=5", "project.host_node_us=0"))
+    assert (op_s, node_s) == (pytest.approx(5e-6), 0.0) and said == "project.host_op_us=5; project.host_node_us=0"

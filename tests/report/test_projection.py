@@ -68,10 +68,11 @@ def test_a_fit_within_the_reserves_stated_error_of_the_capacity_is_flagged(tmp_p
 def test_a_data_parallel_projection_reports_its_ranks_link_and_communication(tmp_path):
     for s in ("full", "lora_all"):
         run_job(compose_cfg([*FAST, f"strategy={s}", "project.gpu=RTX4090", "data=random", "parallel=fsdp",
-                             "project.devices=4"]), tmp_path / "p" / s)
+                             "project.devices=4", "dist.mixed_precision=bf16"]), tmp_path / "p" / s)
     md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
     projected = md.split("## PROJECTED, not measured")[1]
-    assert "4 ranks, FSDP (ZeRO-3, shard=full)" in projected and "4 GPUs per node on PCIe4" in projected
+    assert "4 ranks, FSDP (ZeRO-3, shard=full, bf16 mixed precision)" in projected
+    assert "4 GPUs per node on PCIe4" in projected
     assert "exposed comm ms" in projected and "all-gather GB" in projected
     lora = next(ln for ln in projected.splitlines() if ln.startswith("- lora_all r=8 on RTX4090, 4 ranks"))
     assert "frozen or not (full fine-tuning: " in lora and "LoRA removes" in lora
@@ -91,3 +92,16 @@ def test_a_fit_that_needs_the_allocators_retry_says_the_step_will_be_slower(tmp_
     md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
     assert ("full on H100: fits only as the caching allocator, out of room, returns its cache and retries, "
             "2 time(s) a step") in md and "slower than projected" in md
+
+
+def test_a_host_bound_projection_names_its_operations_and_autograd_nodes(tmp_path):
+    from bench.record.store import read_record
+
+    for st in ("full", "lora_all"):
+        run_job(compose_cfg([*FAST, f"strategy={st}", "project.gpu=H100", "data=random"]), tmp_path / st)
+    lora = read_record(tmp_path / "lora_all" / "metrics.json").projection
+    assert lora.devices[0].bound == "host" and round(lora.devices[0].host_node_us, 6) == 1.8  # a tiny model on an H100
+    md = build_report([tmp_path], tmp_path / "out", html=False).read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("- lora_all r=8 on H100: projected"))
+    assert f"{lora.ops_per_step:,} operations at 2.3 + " in line
+    assert f", {lora.autograd_nodes:,} autograd nodes at 1.8 us)" in line
