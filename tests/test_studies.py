@@ -24,6 +24,7 @@ GRIDS = {
     "backends": (72, 72),          # 3 repeats x 2 strategies x 2 ranks x 2 alphas x (eager, fused, peft)
     "fixes": (36, 30),             # 3 repeats x 2 cells x (full: eager = fused, compiled; lora_all x 3 fixes)
     "fixes_gpu": (48, 42),         # the same with CUDA graphs
+    "adamw": (24, 24),             # 3 repeats x 2 cells x (full, lora_all) x (default AdamW, fused)
     "memory_budget": (8, 8),       # one search per configuration: full, lora_all, lora_qk, QLoRA, each +- checkpointing
     "distributed": (27, 27),       # 3 repeats x (single, 2 x ddp, 2 x fsdp) x (full, lora_all, lora_qk)
     "distributed_gpu": (27, 27),
