@@ -108,6 +108,20 @@ def test_fixes_and_memory_budget_figures_are_in_the_filed_reports():
                    if part.strip()), figure
 
 
+def test_the_fused_adamw_figures_are_in_the_filed_report():
+    report = (REF / "adamw" / "amd-epyc-2-threads" / "report" / "report.md").read_text()
+    for row in ("| lora_all r=8 | none | 6.55 | 1.58x (1.26-1.98), slower |",
+                "| lora_all r=8 | AdamW fused | 5.23 | 1.30x (1.03-1.63), slower |",
+                "| full | AdamW fused | 3.23 | 0.82x (0.66-1.03), no difference |",
+                "| full | AdamW fused | 181.44 | 0.94x (0.84-1.05), no difference |", "| 2174 |", "| 1672 |",
+                "| 1369 |", "| 1029 |", "| lora_all r=8 | AdamW fused | 123.92 | 0.63x (0.56-0.70), faster |"):
+        assert row in report, row
+    doc = DOCS["fixes.md"]
+    for figure in ("502 fewer", "against 340", "1.58x plain full's step\n  (1.26-1.98)", "1.30x (1.03-1.63)",
+                   "0.82x (0.66-1.03)", "0.94x (0.84-1.05)", "LoRA stays 0.63x"):
+        assert figure in doc, figure
+
+
 def test_distributed_figures_are_in_the_filed_report():
     report = (REF / "distributed" / "intel-r-xeon-r-processor-2-threads" / "report" / "report.md").read_text()
     section = _section("Several processes: DDP, FSDP and what travels")
