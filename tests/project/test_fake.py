@@ -167,7 +167,7 @@ def test_fused_adamw_is_one_kernel_reading_four_lists_and_writing_three():
     fused = fake_step(cfg, foreach=True)
     multi = fake_step(_cfg("strategy=full", "project.dtype=bf16", "train.grad_clip=0"), foreach=True)
     g = fused.grads_bytes  # parameters, gradients and moments all bf16: each list g bytes
-    n = sum(1 for op in fake_step(_cfg("strategy=full")).ops if op.name == "aten.sqrt")
+    n = sum(1 for op in fake_step(_cfg("strategy=full")).ops if op.name == "aten.sqrt")  # the loop's: one per parameter
     adam = [op for op in fused.ops if op.name == "aten._fused_adamw_"]
     assert len(adam) == 1 and adam[0].bytes == 7 * g + 4 * n  # n fp32 step counts, one per parameter
     assert not any(op.name == "aten._foreach_sqrt" for op in fused.ops)
