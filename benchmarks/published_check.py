@@ -124,6 +124,7 @@ def fit(runs: list[dict]) -> dict:
     from bench.project.devices import ACHIEVED, table
     from bench.project.fake import fake_step
     from bench.project.job import host_costs
+    from bench.project.timeline import issue_s
 
     ACHIEVED.unlink(missing_ok=True)  # the fit starts from the datasheet peaks
     calib = [r for r in runs if r["role"] == "calibration"]
@@ -133,7 +134,7 @@ def fit(runs: list[dict]) -> dict:
         dev, (op_s, node_s, _) = table()[run["setting"]["gpu"]], host_costs(cfg)
         step = fake_step(cfg, foreach=True)
         kernels = step.ops
-        host = np.cumsum([op_s + op.nodes * node_s + (dev.launch_s if op.kernel else 0.0) for op in kernels])
+        host = np.cumsum([issue_s(op, dev, op_s, node_s) for op in kernels])
         keep = np.array([op.kernel for op in kernels])
         c = np.array([op.flops / dev.matmul_flops[op.dtype] for op in kernels])[keep]
         m = np.array([op.bytes / dev.bandwidth for op in kernels])[keep]

@@ -65,18 +65,19 @@ def test_the_fits_vectorised_step_is_the_timelines():
 
     from bench.project.devices import Device
     from bench.project.fake import Op
-    from bench.project.timeline import project_time
+    from bench.project.timeline import issue_s, project_time
 
     rng = random.Random(0)
-    ops = [Op("k", rng.choice([0, int(1e9), int(3e7)]), rng.choice([0, 10**6, 10**8]), rng.random() > 0.2, "bf16")
-           for _ in range(400)] + [Op("view", 0, 0, False, "bf16")] * 50  # the host ends after the last kernel
+    ops = [Op("k", rng.choice([0, int(1e9), int(3e7)]), rng.choice([0, 10**6, 10**8]), rng.random() > 0.2, "bf16",
+              nodes=rng.choice([0.0, 0.7])) for _ in range(400)] + [Op("view", 0, 0, False, "bf16")] * 50
     for e_c, e_m, op_s in ((1.0, 1.0, 2e-6), (0.6, 0.7, 2e-6), (0.5, 0.9, 80e-6)):
         dev = Device("d", 2**30, {"bf16": 1e14}, 1e12, "test", 4e-6, e_c, e_m)
-        host = np.cumsum([op_s + (dev.launch_s if op.kernel else 0.0) for op in ops])
+        host = np.cumsum([issue_s(op, dev, op_s, 2e-6) for op in ops])  # the host ends after the last kernel
         keep = np.array([op.kernel for op in ops])
         c = np.array([op.flops / 1e14 for op in ops])[keep]
         m = np.array([op.bytes / 1e12 for op in ops])[keep]
-        assert check._step_s(c, m, host[keep], host[-1], e_c, e_m) == pytest.approx(project_time(ops, dev, op_s).step_s, rel=1e-9)
+        assert check._step_s(c, m, host[keep], host[-1], e_c, e_m) == \
+            pytest.approx(project_time(ops, dev, op_s, host_node_s=2e-6).step_s, rel=1e-9)
 
 
 OTHERS = json.loads(check.OTHERS.read_text())["runs"]

@@ -65,6 +65,11 @@ def kernel_s(op: Op, device: Device) -> tuple[float, float]:
             op.bytes / (device.bandwidth * device.bandwidth_efficiency))
 
 
+def issue_s(op: Op, device: Device, host_op_s: float, host_node_s: float = 0.0) -> float:
+    """The host's time to issue one operation: dispatch, its share of autograd's nodes, a launch if it runs."""
+    return host_op_s + op.nodes * host_node_s + (device.launch_s if op.kernel or op.collective else 0.0)
+
+
 def project_time(ops: list[Op], device: Device, host_op_s: float, serial: bool = False,
                  fabric: Fabric | None = None, host_node_s: float = 0.0) -> Timeline:
     """`serial`: the host executes the kernels itself (a CPU). `fabric`: the link collectives are priced on.
@@ -83,7 +88,7 @@ def project_time(ops: list[Op], device: Device, host_op_s: float, serial: bool =
                 start = comm_free
             dev = start
             continue
-        host += host_op_s + op.nodes * host_node_s + (device.launch_s if op.kernel or op.collective else 0.0)
+        host += issue_s(op, device, host_op_s, host_node_s)
         if op.collective:
             took = fabric.seconds(op.collective, op.bytes) if fabric is not None else 0.0
             comm_free = max(host, comm_free) + took
